@@ -1,0 +1,414 @@
+"""Torch-side peers for benchmarks/bench_core.py.
+
+Every peer rebuilds the benchmark problem in PyTorch with pykfac's weights and
+data and returns its result in pykfac's conventions, so bench_core.py can
+check agreement before it times anything:
+
+- theta order: per layer ``W.ravel()`` (row-major, out x in) then ``b``, the
+  order of ``torch.nn.utils.parameters_to_vector`` for ``nn.Sequential``;
+- the loss is the SUM over samples: ``CrossEntropyLoss(reduction="sum")``
+  everywhere. (``MSELoss(reduction="sum")`` is sum (y - f)^2, twice pykfac's
+  1/2 ||y - f||^2, so its GGN is twice ours: ``mse_ggn_matvec_check`` divides);
+- K-FAC: ``A[l] = (1/N) sum_n abar abar^T`` with ``abar = [a; 1]`` (the bias
+  row/column LAST) and ``G[l] = sum_n g g^T``. curvlinops with
+  ``separate_weight_and_bias=False`` and a sum-reduced loss uses exactly this
+  convention. BackPACK's KFLR/KFAC give the weight's ``[G, A_w]`` with
+  ``A_w = (1/N) sum_n a a^T`` (no bias row) and the bias's ``[G]``, so their
+  ``A`` is compared with the top-left ``in x in`` block of ours.
+
+A peer is ``make(problem) -> (run, convert)``: ``run()`` does the timed work
+and returns the peer's raw result, ``convert(raw)`` turns it into pykfac's
+convention outside the timed region. Kernel results in pykfac's convention:
+
+=============  ==========================================================
+fwd_bwd        ``(loss: float, grad: (D,))``
+jacobian       ``(N, K, D)``
+ggn_mv         ``(D,)`` (one vector)
+kfac_exact     ``[(A_l, G_l), ...]`` (``A_l`` may be the ``in x in`` block)
+kfac_mc        same as kfac_exact
+diag_ggn       ``(D,)``
+=============  ==========================================================
+"""
+import copy
+import importlib.metadata as _md
+
+import numpy as np
+
+try:
+    import torch
+    from torch import nn
+except ImportError as _exc:  # pragma: no cover - depends on the machine
+    torch = None
+    _IMPORT_ERROR = str(_exc)
+else:
+    _IMPORT_ERROR = ""
+
+__all__ = ["available", "versions", "Problem", "PEERS", "mc_agreement", "mse_ggn_matvec_check"]
+
+
+def available():
+    """``(True, "")`` when torch imports, else ``(False, reason)``."""
+    if torch is None:
+        return False, "torch is not importable (" + _IMPORT_ERROR + ")"
+    return True, ""
+
+
+def _has(module):
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
+
+
+def versions():
+    """Installed versions of torch and the peer packages (None when missing)."""
+    out = {}
+    for dist in ("torch", "curvlinops-for-pytorch", "backpack-for-pytorch"):
+        try:
+            out[dist] = _md.version(dist)
+        except _md.PackageNotFoundError:
+            out[dist] = None
+    if torch is not None:
+        out["torch_threads"] = torch.get_num_threads()
+        cfg = torch.__config__.show()
+        out["torch_blas"] = "MKL" if "BLAS_INFO=mkl" in cfg else ("OpenBLAS" if "openblas" in cfg.lower() else "?")
+    return out
+
+
+_ACTS = {
+    "tanh": lambda: nn.Tanh(),
+    "relu": lambda: nn.ReLU(),
+    "sigmoid": lambda: nn.Sigmoid(),
+    "identity": lambda: nn.Identity(),
+    "elu": lambda: nn.ELU(),
+    "softplus": lambda: nn.Softplus(),
+    "gelu": lambda: nn.GELU(),
+    "leaky_relu": lambda: nn.LeakyReLU(),
+}
+
+
+class Problem:
+    """The benchmark problem on the torch side: the same weights and data.
+
+    Parameters
+    ----------
+    Ws, bs : lists of arrays
+        Per layer ``W`` (out x in) and ``b`` (out), e.g. ``net.layers[i].W``.
+    activation : str
+        Hidden activation name (pykfac's names).
+    X : (N, in) array;  y : (N,) int class indices.
+    """
+
+    def __init__(self, Ws, bs, activation, X, y):
+        dtype = X.dtype
+        self.tdtype = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}[dtype]
+        layers = []
+        for i, (W, b) in enumerate(zip(Ws, bs)):
+            lin = nn.Linear(W.shape[1], W.shape[0], dtype=self.tdtype)
+            with torch.no_grad():
+                lin.weight.copy_(torch.from_numpy(np.ascontiguousarray(W, dtype=dtype)))
+                lin.bias.copy_(torch.from_numpy(np.ascontiguousarray(b, dtype=dtype)))
+            layers.append(lin)
+            if i < len(Ws) - 1:
+                layers.append(_ACTS[activation]())
+        self.model = nn.Sequential(*layers)
+        self.params = list(self.model.parameters())
+        self.names = [n for n, _ in self.model.named_parameters()]
+        self.shapes = [tuple(p.shape) for p in self.params]
+        self.sizes = [p.numel() for p in self.params]
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(int)
+        self.D = int(self.offsets[-1])
+        self.X = torch.from_numpy(np.ascontiguousarray(X))
+        self.y = torch.from_numpy(np.asarray(y, dtype=np.int64))
+        self.N = X.shape[0]
+        self.K = Ws[-1].shape[0]
+        self.linear_idx = [i for i, m in enumerate(self.model) if isinstance(m, nn.Linear)]
+
+    # -- helpers -----------------------------------------------------------
+    def theta(self):
+        return torch.cat([p.detach().reshape(-1) for p in self.params])
+
+    def unflat(self, vec):
+        """Views of a flat (D,) tensor shaped like the parameters."""
+        return [vec[o:o + n].view(s) for o, n, s in zip(self.offsets[:-1], self.sizes, self.shapes)]
+
+    def flat_np(self, tensors):
+        return torch.cat([t.detach().reshape(-1) for t in tensors]).numpy()
+
+    def loss_fn(self):
+        return nn.CrossEntropyLoss(reduction="sum")
+
+    def backpack_model(self):
+        """A deep copy extended by BackPACK (so BackPACK's hooks never slow the
+        plain-torch rows), with its extended sum-reduced loss."""
+        from backpack import extend
+
+        model = extend(copy.deepcopy(self.model))
+        return model, extend(nn.CrossEntropyLoss(reduction="sum"))
+
+    def subset(self, n):
+        """The same network on the first n samples."""
+        sub = Problem.__new__(Problem)
+        sub.__dict__.update(self.__dict__)
+        sub.X = self.X[:n].contiguous()
+        sub.y = self.y[:n].contiguous()
+        sub.N = n
+        return sub
+
+
+# ---------------------------------------------------------------------------
+# forward + backward
+def torch_fwd_bwd(P):
+    model, lossf, X, y, params = P.model, P.loss_fn(), P.X, P.y, P.params
+
+    def run():
+        loss = lossf(model(X), y)
+        grads = torch.autograd.grad(loss, params)
+        return loss, grads
+
+    return run, lambda r: (float(r[0].detach()), P.flat_np(r[1]))
+
+
+# ---------------------------------------------------------------------------
+# Jacobian (N, K, D)
+def _functional_single(P):
+    from torch.func import functional_call
+
+    model, names = P.model, P.names
+
+    def f_single(theta, x):
+        return functional_call(model, dict(zip(names, P.unflat(theta))), (x.unsqueeze(0),)).squeeze(0)
+
+    return f_single
+
+
+def torchfunc_jacobian(P):
+    from torch.func import jacrev, vmap
+
+    jac = vmap(jacrev(_functional_single(P)), in_dims=(None, 0))
+    theta, X = P.theta(), P.X
+
+    def run():
+        return jac(theta, X)
+
+    return run, lambda r: r.numpy()
+
+
+def backpack_jacobian(P):
+    """K backward passes of sum_n f_k(x_n) with BatchGrad: per-sample grads."""
+    from backpack import backpack
+    from backpack.extensions import BatchGrad
+
+    model, _ = P.backpack_model()
+    params = list(model.parameters())
+    X, N, K, D, offs = P.X, P.N, P.K, P.D, P.offsets
+
+    def run():
+        J = torch.empty((N, K, D), dtype=P.tdtype)
+        out = model(X)
+        for k in range(K):
+            keep = k < K - 1
+            with backpack(BatchGrad(), retain_graph=keep):
+                out[:, k].sum().backward(retain_graph=keep)
+            for i, p in enumerate(params):
+                J[:, k, offs[i]:offs[i + 1]] = p.grad_batch.reshape(N, -1)
+                p.grad = None
+        return J
+
+    return run, lambda r: r.numpy()
+
+
+# ---------------------------------------------------------------------------
+# GGN-vector product (one vector v, given as a (D,) numpy array)
+def curvlinops_ggn_mv(P, v):
+    from curvlinops import GGNLinearOperator
+
+    op = GGNLinearOperator(P.model, P.loss_fn(), P.params, [(P.X, P.y)],
+                           check_deterministic=False, num_data=P.N)
+    vt = torch.from_numpy(v)
+
+    def run():
+        return op @ vt
+
+    return run, lambda r: r.numpy()
+
+
+def torchfunc_ggn_mv(P, v):
+    """jvp -> analytic softmax-CE Hessian -> vjp (torch.func)."""
+    from torch.func import functional_call, jvp, vjp
+
+    model, names, X = P.model, P.names, P.X
+    theta, vt = P.theta(), torch.from_numpy(v)
+
+    def f(th):
+        return functional_call(model, dict(zip(names, P.unflat(th))), (X,))
+
+    def run():
+        out, Jv = jvp(f, (theta,), (vt,))
+        p = torch.softmax(out, dim=1)
+        u = p * (Jv - (p * Jv).sum(dim=1, keepdim=True))
+        _, pullback = vjp(f, theta)
+        return pullback(u)[0]
+
+    return run, lambda r: r.numpy()
+
+
+def backpack_ggn_mv(P, v):
+    from backpack.hessianfree.ggnvp import ggn_vector_product_from_plist
+
+    model, lossf, X, y, params = P.model, P.loss_fn(), P.X, P.y, P.params
+    vlist = P.unflat(torch.from_numpy(v))
+
+    def run():
+        out = model(X)
+        loss = lossf(out, y)
+        return ggn_vector_product_from_plist(loss, out, params, vlist)
+
+    return run, lambda r: P.flat_np(r)
+
+
+# ---------------------------------------------------------------------------
+# K-FAC factors
+def _curvlinops_kfac(P, fisher_type, mc_samples=1, seed=2147483647):
+    from curvlinops import KFACLinearOperator
+
+    def run():
+        # A fresh operator each call: compute_kronecker_factors ADDS to cached factors.
+        op = KFACLinearOperator(
+            P.model, P.loss_fn(), P.params, [(P.X, P.y)], check_deterministic=False,
+            fisher_type=fisher_type, mc_samples=mc_samples, seed=seed,
+            separate_weight_and_bias=False, num_data=P.N, num_per_example_loss_terms=1)
+        op.compute_kronecker_factors()
+        return op
+
+    def convert(op):
+        names = [str(i) for i in P.linear_idx]
+        return [(op._input_covariances[m].numpy(), op._gradient_covariances[m].numpy()) for m in names]
+
+    return run, convert
+
+
+def curvlinops_kfac_exact(P):
+    return _curvlinops_kfac(P, "type-2")
+
+
+def curvlinops_kfac_mc(P, mc_samples=1, seed=2147483647):
+    return _curvlinops_kfac(P, "mc", mc_samples=mc_samples, seed=seed)
+
+
+def _backpack_kron(P, ext_factory, attr):
+    from backpack import backpack
+
+    model, lossf = P.backpack_model()
+    X, y = P.X, P.y
+    lins = [model[i] for i in P.linear_idx]
+
+    def run():
+        loss = lossf(model(X), y)
+        with backpack(ext_factory()):
+            loss.backward()
+        out = [(getattr(m.weight, attr), getattr(m.bias, attr)) for m in lins]
+        for p in model.parameters():
+            p.grad = None
+        return out
+
+    def convert(r):
+        # weight: [G, A_w] (A_w = (1/N) sum a a^T, no bias row); bias: [G].
+        return [(w[1].numpy(), w[0].numpy()) for w, _ in r]
+
+    return run, convert
+
+
+def backpack_kflr(P):
+    from backpack.extensions import KFLR
+
+    return _backpack_kron(P, KFLR, "kflr")
+
+
+def backpack_kfac_mc(P, mc_samples=1):
+    from backpack.extensions import KFAC
+
+    return _backpack_kron(P, lambda: KFAC(mc_samples=mc_samples), "kfac")
+
+
+# ---------------------------------------------------------------------------
+# diagonal of the GGN
+def backpack_diag_ggn(P):
+    from backpack import backpack
+    from backpack.extensions import DiagGGNExact
+
+    model, lossf = P.backpack_model()
+    X, y = P.X, P.y
+
+    def run():
+        loss = lossf(model(X), y)
+        with backpack(DiagGGNExact()):
+            loss.backward()
+        out = [p.diag_ggn_exact for p in model.parameters()]
+        for p in model.parameters():
+            p.grad = None
+        return out
+
+    return run, lambda r: P.flat_np(r)
+
+
+# ---------------------------------------------------------------------------
+# registry: kernel -> [(peer name, required module, make)]
+PEERS = {
+    "fwd_bwd": [("torch.autograd", "torch", torch_fwd_bwd)],
+    "jacobian": [("torch.func vmap(jacrev)", "torch", torchfunc_jacobian),
+                 ("backpack BatchGrad x K", "backpack", backpack_jacobian)],
+    "ggn_mv": [("curvlinops GGNLinearOperator", "curvlinops", curvlinops_ggn_mv),
+               ("torch.func jvp+vjp", "torch", torchfunc_ggn_mv),
+               ("backpack ggnvp", "backpack", backpack_ggn_mv)],
+    "kfac_exact": [("curvlinops KFAC type-2", "curvlinops", curvlinops_kfac_exact),
+                   ("backpack KFLR", "backpack", backpack_kflr)],
+    "kfac_mc": [("curvlinops KFAC mc", "curvlinops", curvlinops_kfac_mc),
+                ("backpack KFAC", "backpack", backpack_kfac_mc)],
+    "diag_ggn": [("backpack DiagGGNExact", "backpack", backpack_diag_ggn)],
+}
+
+
+def peers_for(kernel):
+    """The installed peers of a kernel: [(name, make)]."""
+    if torch is None:
+        return []
+    return [(name, make) for name, mod, make in PEERS.get(kernel, []) if _has(mod)]
+
+
+# ---------------------------------------------------------------------------
+# checks that need more than one run
+def mc_agreement(P, pk_mc_factors, mc_samples, rel):
+    """Check MC K-FAC peers against pykfac's MC factors on a small problem.
+
+    The samples differ (each library has its own generator), so the G factors
+    agree only statistically: with ``mc_samples`` draws per datum both
+    estimates approach the exact G. ``pk_mc_factors`` are pykfac's factors
+    for the same problem and ``mc_samples``; ``rel(a, b)`` is the difference
+    measure. Returns {peer: (max A difference, max relative G difference)}.
+    """
+    out = {}
+    for name, make in (("curvlinops KFAC mc", curvlinops_kfac_mc), ("backpack KFAC", backpack_kfac_mc)):
+        mod = "curvlinops" if name.startswith("curvlinops") else "backpack"
+        if not _has(mod):
+            continue
+        run, convert = make(P, mc_samples=mc_samples)
+        facs = convert(run())
+        dA = max(rel(a, pa[:a.shape[0], :a.shape[1]]) for (a, _), (pa, _) in zip(facs, pk_mc_factors))
+        dG = max(rel(g, pg) for (_, g), (_, pg) in zip(facs, pk_mc_factors))
+        out[name] = (dA, dG)
+    return out
+
+
+def mse_ggn_matvec_check(Ws, bs, activation, X, Y, v):
+    """curvlinops' GGN-vector product for ``MSELoss(reduction="sum")`` divided
+    by 2 (PyTorch's MSE is sum (y - f)^2 = 2 x pykfac's 1/2 ||y - f||^2).
+    Y: (N, K) float targets. Returns the (D,) product in pykfac's convention."""
+    from curvlinops import GGNLinearOperator
+
+    P = Problem(Ws, bs, activation, X, np.zeros(X.shape[0], dtype=np.int64))
+    Yt = torch.from_numpy(np.ascontiguousarray(Y))
+    op = GGNLinearOperator(P.model, nn.MSELoss(reduction="sum"), P.params, [(P.X, Yt)],
+                           check_deterministic=False, num_data=P.N)
+    return (op @ torch.from_numpy(v)).numpy() / 2.0

@@ -1,0 +1,130 @@
+/* pk_mlp.h: dense networks (MLPs), their losses, and every exact and
+ * approximate curvature quantity of L(theta) = sum_n loss(y_n, f(x_n, theta)).
+ *
+ * Conventions (../shared/CONVENTIONS.md):
+ *  - layer l (0-based, l < n_layers) maps sizes[l] -> sizes[l+1]:
+ *    s_l = a_l W_l^T + b_l, a_{l+1} = act_l(s_l); the last layer is linear.
+ *  - theta = [W_0.ravel() (row-major, out x in), b_0, W_1.ravel(), b_1, ...].
+ *  - matrices are row-major, C-contiguous, in the network's dtype; labels are
+ *    int64 class indices for PK_LOSS_CE, dtype values for MSE (n x K) and BCE
+ *    (n values in {0, 1}; -1 is read as 0).
+ *  - the data term is the SUM over samples, never the mean.
+ *
+ * All functions process the data in row chunks, so scratch memory is bounded
+ * by the widths (not by n) except where the output itself is large. */
+#ifndef PK_MLP_H
+#define PK_MLP_H
+
+#include "pk_common.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum {
+    PK_ACT_IDENTITY = 0,
+    PK_ACT_RELU = 1,       /* relu'(0) = 0, as PyTorch */
+    PK_ACT_LEAKY_RELU = 2, /* slope 0.01 for x < 0 (PyTorch's default) */
+    PK_ACT_ELU = 3,        /* alpha = 1 */
+    PK_ACT_TANH = 4,
+    PK_ACT_SIGMOID = 5,
+    PK_ACT_SOFTPLUS = 6,   /* log(1 + e^x), beta = 1 */
+    PK_ACT_GELU = 7,       /* exact: x * Phi(x) (erf form) */
+    PK_ACT_COUNT = 8
+} pk_act_t;
+
+typedef enum { PK_LOSS_MSE = 0, PK_LOSS_CE = 1, PK_LOSS_BCE = 2 } pk_loss_t;
+
+/* How the output-space curvature is represented when building approximations. */
+typedef enum {
+    PK_FISHER_EXACT = 0,     /* exact square root S of Lambda (K backward passes): GGN / KFLR */
+    PK_FISHER_MC = 1,        /* targets sampled from the model's predictive */
+    PK_FISHER_EMPIRICAL = 2, /* gradients at the true labels */
+    PK_FISHER_KFRA = 3       /* Botev et al.'s recursive averaged pre-activation Hessian (K-FAC only) */
+} pk_fisher_t;
+
+/* A network view: nothing here is owned. */
+typedef struct {
+    pk_dtype_t dtype;
+    int n_layers;           /* L >= 1 */
+    const int64_t *sizes;   /* L + 1 widths, each >= 1; sizes[L] = K outputs */
+    const pk_act_t *acts;   /* L - 1 hidden activations (NULL if L == 1) */
+    const void *theta;      /* pk_mlp_num_params() values */
+} pk_mlp_t;
+
+/* PK_OK if the description is consistent (dtype, widths, activations, theta != NULL). */
+int pk_mlp_check(const pk_mlp_t *net) PK_MUST_CHECK;
+/* D = sum_l sizes[l+1] * (sizes[l] + 1); -1 if the description is invalid. */
+int64_t pk_mlp_num_params(const pk_mlp_t *net);
+/* Offset of W_l in theta (b_l follows at offset + sizes[l+1] * sizes[l]). */
+int64_t pk_mlp_layer_offset(const pk_mlp_t *net, int layer);
+
+/* out (n x K) = f(X). X: n x sizes[0]. */
+int pk_forward(const pk_mlp_t *net, int64_t n, const void *X, void *out) PK_MUST_CHECK;
+
+/* Penultimate features: out (n x sizes[L-1]) = a_{L-1} (X itself if L == 1). */
+int pk_features(const pk_mlp_t *net, int64_t n, const void *X, void *out) PK_MUST_CHECK;
+
+/* *loss_out = sum_n loss_n (accumulated in double); grad (D, may be NULL) =
+ * dL/dtheta. Errors: PK_ERR_LABEL, PK_ERR_LOSS (BCE needs K = 1), PK_ERR_EMPTY. */
+int pk_loss_grad(const pk_mlp_t *net, pk_loss_t loss, int64_t n, const void *X, const void *y,
+                 double *loss_out, void *grad) PK_MUST_CHECK;
+
+/* Per-sample losses (n,) in double. */
+int pk_loss_per_sample(const pk_mlp_t *net, pk_loss_t loss, int64_t n, const void *X,
+                       const void *y, double *out) PK_MUST_CHECK;
+
+/* J (n x K x D): J[i, k, :] = d f_k(x_i) / d theta. */
+int pk_jacobian(const pk_mlp_t *net, int64_t n, const void *X, void *J) PK_MUST_CHECK;
+
+/* Forward mode: out (n x K x m) = J V for V (D x m). */
+int pk_jvp(const pk_mlp_t *net, int64_t n, const void *X, int64_t m, const void *V,
+           void *out) PK_MUST_CHECK;
+
+/* Reverse mode: out (D x m) = sum_i J_i^T U_i for U (n x K x m). */
+int pk_vjp(const pk_mlp_t *net, int64_t n, const void *X, int64_t m, const void *U,
+           void *out) PK_MUST_CHECK;
+
+/* Curvature-matrix products with V (D x m) -> out (D x m), never forming J:
+ * GGN: J^T Lambda J V (Schraudolph); Hessian: exact H V (Pearlmutter's R-op,
+ * using the activations' exact second derivatives); residual: (H - GGN) V. */
+typedef enum { PK_CURV_GGN = 0, PK_CURV_HESSIAN = 1, PK_CURV_RESIDUAL = 2 } pk_curv_t;
+int pk_curvature_matvec(const pk_mlp_t *net, pk_curv_t which, pk_loss_t loss, int64_t n,
+                        const void *X, const void *y, int64_t m, const void *V,
+                        void *out) PK_MUST_CHECK;
+
+/* Dense (D x D) exact Hessian / GGN, theta order. */
+int pk_hessian(const pk_mlp_t *net, pk_loss_t loss, int64_t n, const void *X, const void *y,
+               void *H) PK_MUST_CHECK;
+int pk_ggn(const pk_mlp_t *net, pk_loss_t loss, int64_t n, const void *X, const void *y,
+           void *G) PK_MUST_CHECK;
+
+/* out (D) += diagonal of the GGN (EXACT), of its Monte-Carlo estimate with
+ * mc_samples sampled targets per datum (MC, averaged over samples), or of the
+ * empirical Fisher sum_n grad_n grad_n^T (EMPIRICAL). rng is used by MC only. */
+int pk_diag_curvature(const pk_mlp_t *net, pk_fisher_t kind, pk_loss_t loss, int64_t n,
+                      const void *X, const void *y, int mc_samples, pk_rng_t *rng,
+                      void *out) PK_MUST_CHECK;
+
+/* Kronecker factors for every layer, ACCUMULATED so batches add up:
+ *   A[l] (sizes[l]+1 squared) += sum_n abar_n abar_n^T   (abar = [a; 1], unnormalised)
+ *   G[l] (sizes[l+1] squared) += sum_n g_n g_n^T          (EXACT: over the K columns of S;
+ *                                                          MC: averaged over mc_samples;
+ *                                                          EMPIRICAL: true-label gradients;
+ *                                                          KFRA: n * recursive average)
+ * The caller divides A by the total number of samples. Only the lower triangle
+ * is guaranteed before pk_symmetrize; this function symmetrises its output. */
+int pk_kfac_factors(const pk_mlp_t *net, pk_fisher_t kind, pk_loss_t loss, int64_t n,
+                    const void *X, const void *y, int mc_samples, pk_rng_t *rng, void *const *A,
+                    void *const *G) PK_MUST_CHECK;
+
+/* Output-space pieces at the current parameters (n rows):
+ * dloss (n x K) = dl/df; lam (n x K x K) = Lambda_n; sqrt_lam (n x K x K) with
+ * S S^T = Lambda (column v of S for CE is sqrt(p_v)(e_v - p)). Any output may be NULL. */
+int pk_output_curvature(const pk_mlp_t *net, pk_loss_t loss, int64_t n, const void *X,
+                        const void *y, void *dloss, void *lam, void *sqrt_lam) PK_MUST_CHECK;
+
+#ifdef __cplusplus
+}
+#endif
+#endif

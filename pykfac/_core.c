@@ -1,0 +1,340 @@
+/* _core.c: the pykfac._core module: shared argument helpers, status-code
+ * translation, build information, and the module table assembled from the
+ * topic files (_core_mlp.c, _core_kron.c, ...). */
+#define PK_CORE_MAIN
+#include "_core.h"
+
+#include <string.h>
+
+PyObject *pk_LinAlgError = NULL;
+
+PyObject *pk_raise(int code, const char *context)
+{
+    PyObject *type = PyExc_ValueError;
+    switch (code) {
+    case PK_ERR_NOMEM:
+        if (context) return PyErr_Format(PyExc_MemoryError, "%s: %s", context, pk_strerror(code));
+        return PyErr_NoMemory();
+    case PK_ERR_NOT_PD:
+    case PK_ERR_EIG_FAILED:
+    case PK_ERR_SINGULAR: type = pk_LinAlgError; break;
+    case PK_ERR_DTYPE: type = PyExc_TypeError; break;
+    case PK_ERR_BAD_ARG: type = PyExc_RuntimeError; break;
+    default: break;
+    }
+    if (context) return PyErr_Format(type, "%s: %s", context, pk_strerror(code));
+    return PyErr_Format(type, "%s", pk_strerror(code));
+}
+
+static void format_shape(char *buf, size_t len, int ndim, const npy_intp *shape, int symbolic)
+{
+    size_t pos = 0;
+    int used_n = 0;
+    pos += (size_t)snprintf(buf + pos, len - pos, "(");
+    for (int i = 0; i < ndim && pos < len; i++) {
+        const char *sep = i ? ", " : "";
+        if (symbolic && shape[i] < 0) {
+            pos += (size_t)snprintf(buf + pos, len - pos, "%s%s", sep, used_n ? "*" : "N");
+            used_n = 1;
+        } else {
+            pos += (size_t)snprintf(buf + pos, len - pos, "%s%ld", sep, (long)shape[i]);
+        }
+    }
+    if (pos < len) snprintf(buf + pos, len - pos, ndim == 1 ? ",)" : ")");
+}
+
+PyArrayObject *pk_arg_array(PyObject *obj, const char *name, pk_argkind_t kind, int typenum,
+                            int ndim, const npy_intp *shape, int check_finite)
+{
+    if (obj == NULL || obj == Py_None) {
+        PyErr_Format(PyExc_TypeError, "%s: expected an array, got None", name);
+        return NULL;
+    }
+    PyArrayObject *raw = (PyArrayObject *)PyArray_FROM_O(obj);
+    if (!raw) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "%s: expected a numeric array, got %s", name, Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    char k = PyArray_DESCR(raw)->kind;
+    int ok = kind == PK_ARG_REAL ? (k == 'i' || k == 'u' || k == 'f') : (k == 'i' || k == 'u');
+    if (!ok) {
+        PyObject *dt = PyObject_Str((PyObject *)PyArray_DESCR(raw));
+        PyErr_Format(PyExc_TypeError, "%s: expected %s, got dtype %s", name,
+                     kind == PK_ARG_REAL ? "a real (integer or floating) array" : "integer class labels",
+                     dt ? PyUnicode_AsUTF8(dt) : "?");
+        Py_XDECREF(dt);
+        Py_DECREF(raw);
+        return NULL;
+    }
+    if (PyArray_NDIM(raw) != ndim) {
+        char want[128], got[128];
+        format_shape(want, sizeof want, ndim, shape, 1);
+        format_shape(got, sizeof got, PyArray_NDIM(raw), PyArray_DIMS(raw), 0);
+        PyErr_Format(PyExc_ValueError, "%s: expected a %d-D array of shape %s, got shape %s", name,
+                     ndim, want, got);
+        Py_DECREF(raw);
+        return NULL;
+    }
+    for (int i = 0; i < ndim; i++) {
+        if (shape && shape[i] >= 0 && PyArray_DIM(raw, i) != shape[i]) {
+            char want[128], got[128];
+            format_shape(want, sizeof want, ndim, shape, 1);
+            format_shape(got, sizeof got, ndim, PyArray_DIMS(raw), 0);
+            PyErr_Format(PyExc_ValueError, "%s: expected shape %s, got %s", name, want, got);
+            Py_DECREF(raw);
+            return NULL;
+        }
+    }
+    PyArrayObject *arr = (PyArrayObject *)PyArray_FROM_OTF((PyObject *)raw, typenum,
+                                                           NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
+    Py_DECREF(raw);
+    if (!arr) return NULL;
+    if (check_finite && kind == PK_ARG_REAL) {
+        pk_dtype_t dt = typenum == NPY_FLOAT32 ? PK_FLOAT32 : PK_FLOAT64;
+        if (pk_check_finite(dt, (int64_t)PyArray_SIZE(arr), PyArray_DATA(arr)) != PK_OK) {
+            PyErr_Format(PyExc_ValueError, "%s: contains NaN or Inf", name);
+            Py_DECREF(arr);
+            return NULL;
+        }
+    }
+    return arr;
+}
+
+int pk_netarg_parse(PyObject *obj, pk_netarg_t *out)
+{
+    memset(out, 0, sizeof *out);
+    PyObject *theta = NULL, *sizes = NULL, *acts = NULL;
+    int rc = -1;
+    theta = PyObject_GetAttrString(obj, "theta");
+    sizes = theta ? PyObject_GetAttrString(obj, "sizes") : NULL;
+    acts = sizes ? PyObject_GetAttrString(obj, "_act_codes") : NULL;
+    if (!acts) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "net: expected a pykfac.MLP, got %s", Py_TYPE(obj)->tp_name);
+        goto out;
+    }
+    if (!PyArray_Check(theta) || PyArray_NDIM((PyArrayObject *)theta) != 1 ||
+        !(PyArray_TYPE((PyArrayObject *)theta) == NPY_FLOAT32 ||
+          PyArray_TYPE((PyArrayObject *)theta) == NPY_FLOAT64) ||
+        !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)theta) ||
+        !PyArray_ISALIGNED((PyArrayObject *)theta)) {
+        PyErr_SetString(PyExc_TypeError, "net.theta: expected a contiguous 1-D float32 or float64 array");
+        goto out;
+    }
+    if (!PyTuple_Check(sizes) || !PyTuple_Check(acts)) {
+        PyErr_SetString(PyExc_TypeError, "net: sizes and _act_codes must be tuples");
+        goto out;
+    }
+    Py_ssize_t L = PyTuple_GET_SIZE(sizes) - 1;
+    if (L < 1 || L > 64 || PyTuple_GET_SIZE(acts) != L - 1) {
+        PyErr_Format(PyExc_ValueError, "net: expected 2 to 65 sizes and one activation per hidden layer, got %zd sizes, %zd activations",
+                     PyTuple_GET_SIZE(sizes), PyTuple_GET_SIZE(acts));
+        goto out;
+    }
+    for (Py_ssize_t i = 0; i <= L; i++) {
+        long long v = PyLong_AsLongLong(PyTuple_GET_ITEM(sizes, i));
+        if (v == -1 && PyErr_Occurred()) goto out;
+        out->sizes[i] = v;
+    }
+    for (Py_ssize_t i = 0; i < L - 1; i++) {
+        long v = PyLong_AsLong(PyTuple_GET_ITEM(acts, i));
+        if (v == -1 && PyErr_Occurred()) goto out;
+        out->acts[i] = (pk_act_t)v;
+    }
+    out->typenum = PyArray_TYPE((PyArrayObject *)theta);
+    out->net.dtype = out->typenum == NPY_FLOAT32 ? PK_FLOAT32 : PK_FLOAT64;
+    out->net.n_layers = (int)L;
+    out->net.sizes = out->sizes;
+    out->net.acts = L > 1 ? out->acts : NULL;
+    out->net.theta = PyArray_DATA((PyArrayObject *)theta);
+    int code = pk_mlp_check(&out->net);
+    if (code != PK_OK) {
+        pk_raise(code, "net");
+        goto out;
+    }
+    out->num_params = pk_mlp_num_params(&out->net);
+    if (PyArray_DIM((PyArrayObject *)theta, 0) != out->num_params) {
+        PyErr_Format(PyExc_ValueError, "net.theta: expected %lld parameters for sizes %S, got %ld",
+                     (long long)out->num_params, sizes, (long)PyArray_DIM((PyArrayObject *)theta, 0));
+        goto out;
+    }
+    if (pk_check_finite(out->net.dtype, out->num_params, out->net.theta) != PK_OK) {
+        PyErr_SetString(PyExc_ValueError, "net.theta: contains NaN or Inf");
+        goto out;
+    }
+    out->theta = (PyArrayObject *)theta;
+    theta = NULL;
+    rc = 0;
+out:
+    Py_XDECREF(theta);
+    Py_XDECREF(sizes);
+    Py_XDECREF(acts);
+    return rc;
+}
+
+void pk_netarg_release(pk_netarg_t *arg)
+{
+    Py_CLEAR(arg->theta);
+}
+
+int pk_parse_loss(PyObject *obj, int64_t K, pk_loss_t *loss)
+{
+    const char *s = PyUnicode_Check(obj) ? PyUnicode_AsUTF8(obj) : NULL;
+    if (s && !strcmp(s, "mse")) *loss = PK_LOSS_MSE;
+    else if (s && !strcmp(s, "ce")) *loss = PK_LOSS_CE;
+    else if (s && !strcmp(s, "bce")) *loss = PK_LOSS_BCE;
+    else {
+        PyErr_Format(PyExc_ValueError, "loss: expected 'mse', 'ce' or 'bce', got %R", obj);
+        return -1;
+    }
+    if (*loss == PK_LOSS_BCE && K != 1) {
+        PyErr_Format(PyExc_ValueError, "loss: 'bce' needs a network with 1 output, this one has %lld", (long long)K);
+        return -1;
+    }
+    if (*loss == PK_LOSS_CE && K < 2) {
+        PyErr_SetString(PyExc_ValueError, "loss: 'ce' needs a network with at least 2 outputs (use 'bce' for 1)");
+        return -1;
+    }
+    return 0;
+}
+
+PyArrayObject *pk_arg_labels(PyObject *y, pk_loss_t loss, npy_intp n, int64_t K, int typenum)
+{
+    PyArrayObject *arr = NULL;
+    if (loss == PK_LOSS_CE) {
+        npy_intp shape[1] = {n};
+        if (PyArray_Check(y) && PyArray_DESCR((PyArrayObject *)y)->kind == 'f') {
+            PyErr_Format(PyExc_TypeError, "y: expected integer class labels for loss='ce', got a floating array");
+            return NULL;
+        }
+        arr = pk_arg_array(y, "y", PK_ARG_LABELS, NPY_INT64, 1, shape, 0);
+        if (!arr) return NULL;
+        const int64_t *p = PyArray_DATA(arr);
+        for (npy_intp i = 0; i < n; i++) {
+            if (p[i] < 0 || p[i] >= K) {
+                PyErr_Format(PyExc_ValueError, "y: class labels must lie in [0, %lld), got %lld at index %ld",
+                             (long long)K, (long long)p[i], (long)i);
+                Py_DECREF(arr);
+                return NULL;
+            }
+        }
+        return arr;
+    }
+    if (loss == PK_LOSS_MSE) {
+        npy_intp shape[2] = {n, (npy_intp)K};
+        return pk_arg_array(y, "y", PK_ARG_REAL, typenum, 2, shape, 1);
+    }
+    /* bce: (n,) or (n, 1), values in {0, 1} (or -1/+1) */
+    PyObject *tmp = PyArray_FROM_O(y);
+    if (!tmp) return NULL;
+    int nd = PyArray_NDIM((PyArrayObject *)tmp);
+    Py_DECREF(tmp);
+    if (nd == 2) {
+        npy_intp shape[2] = {n, 1};
+        arr = pk_arg_array(y, "y", PK_ARG_REAL, typenum, 2, shape, 1);
+    } else {
+        npy_intp shape[1] = {n};
+        arr = pk_arg_array(y, "y", PK_ARG_REAL, typenum, 1, shape, 1);
+    }
+    if (!arr) return NULL;
+    for (npy_intp i = 0; i < n; i++) {
+        double v = typenum == NPY_FLOAT32 ? ((const float *)PyArray_DATA(arr))[i]
+                                          : ((const double *)PyArray_DATA(arr))[i];
+        if (!(v == 0.0 || v == 1.0 || v == -1.0)) {
+            PyErr_Format(PyExc_ValueError, "y: binary labels for loss='bce' must be 0/1 (or -1/+1), got %g at index %ld",
+                         v, (long)i);
+            Py_DECREF(arr);
+            return NULL;
+        }
+    }
+    return arr;
+}
+
+int pk_parse_seed(PyObject *obj, pk_rng_t *rng)
+{
+    if (!PyLong_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "seed: expected an int, got %s", Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    unsigned long long s = PyLong_AsUnsignedLongLongMask(obj);
+    if (s == (unsigned long long)-1 && PyErr_Occurred()) return -1;
+    pk_rng_seed(rng, (uint64_t)s);
+    return 0;
+}
+
+static PyObject *py_blas_info(PyObject *self, PyObject *noargs)
+{
+    return Py_BuildValue("{s:s,s:s,s:s,s:i,s:s}", "source", pk_blas_source(), "config",
+                         pk_blas_config(), "corename", pk_blas_corename(), "num_threads",
+                         pk_blas_num_threads(), "library", pk_blas_library_path());
+}
+
+static PyObject *py_strerror(PyObject *self, PyObject *arg)
+{
+    long code = PyLong_AsLong(arg);
+    if (code == -1 && PyErr_Occurred()) return NULL;
+    return PyUnicode_FromString(pk_strerror((int)code));
+}
+
+/* Raise the exception a status code maps to (lets tests check every mapping). */
+static PyObject *py_raise_status(PyObject *self, PyObject *arg)
+{
+    long code = PyLong_AsLong(arg);
+    if (code == -1 && PyErr_Occurred()) return NULL;
+    if (code == PK_OK) Py_RETURN_NONE;
+    return pk_raise((int)code, "status");
+}
+
+static PyMethodDef base_methods[] = {
+    {"blas_info", py_blas_info, METH_NOARGS, "Which BLAS the C core is linked against."},
+    {"strerror", py_strerror, METH_O, "The message of a C status code."},
+    {"raise_status", py_raise_status, METH_O, "Raise the exception a C status code maps to."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMethodDef *method_tables[] = {base_methods, pk_mlp_methods, pk_kron_methods};
+static PyMethodDef *all_methods = NULL;
+
+static struct PyModuleDef core_module = {
+    PyModuleDef_HEAD_INIT, "pykfac._core", "pykfac's C core (thin wrapper; see csrc/pykfac.h).", -1, NULL,
+};
+
+PyMODINIT_FUNC PyInit__core(void)
+{
+    import_array();
+    size_t count = 0;
+    const size_t ntables = sizeof method_tables / sizeof method_tables[0];
+    for (size_t t = 0; t < ntables; t++)
+        for (PyMethodDef *m = method_tables[t]; m->ml_name; m++) count++;
+    all_methods = PyMem_Calloc(count + 1, sizeof(PyMethodDef));
+    if (!all_methods) return PyErr_NoMemory();
+    size_t k = 0;
+    for (size_t t = 0; t < ntables; t++)
+        for (PyMethodDef *m = method_tables[t]; m->ml_name; m++) all_methods[k++] = *m;
+    core_module.m_methods = all_methods;
+
+    PyObject *mod = PyModule_Create(&core_module);
+    if (!mod) return NULL;
+    PyObject *linalg = PyImport_ImportModule("numpy.linalg");
+    PyObject *base = linalg ? PyObject_GetAttrString(linalg, "LinAlgError") : NULL;
+    Py_XDECREF(linalg);
+    if (!base) goto fail;
+    pk_LinAlgError = PyErr_NewExceptionWithDoc(
+        "pykfac.LinAlgError",
+        "A numerical linear-algebra failure in pykfac's C core (not positive definite, "
+        "eigensolver failure, singular damped curvature). Subclass of numpy.linalg.LinAlgError.",
+        base, NULL);
+    Py_DECREF(base);
+    if (!pk_LinAlgError) goto fail;
+    Py_INCREF(pk_LinAlgError);
+    if (PyModule_AddObject(mod, "LinAlgError", pk_LinAlgError) < 0) {
+        Py_DECREF(pk_LinAlgError);
+        goto fail;
+    }
+    if (PyModule_AddIntConstant(mod, "ERR_MIN", PK_ERR_MIN) < 0) goto fail;
+    return mod;
+fail:
+    Py_DECREF(mod);
+    return NULL;
+}

@@ -1,0 +1,418 @@
+/* _core_mlp.c: wrappers of csrc/pk_mlp.h (networks, losses, curvature). */
+#include "_core.h"
+
+/* Arguments most kernels share: the network, X (N x sizes[0]) and optionally
+ * labels y with a loss. */
+typedef struct {
+    pk_netarg_t net;
+    PyArrayObject *X;
+    PyArrayObject *y;
+    pk_loss_t loss;
+    npy_intp n;
+    int64_t K;
+} pk_common_args;
+
+static void common_release(pk_common_args *a)
+{
+    pk_netarg_release(&a->net);
+    Py_CLEAR(a->X);
+    Py_CLEAR(a->y);
+}
+
+/* Parse net and X (and y/loss when y_obj is not NULL). 0 or -1 with an exception. */
+static int common_parse(PyObject *net, PyObject *X, PyObject *y_obj, PyObject *loss_obj,
+                        pk_common_args *a)
+{
+    memset(a, 0, sizeof *a);
+    if (pk_netarg_parse(net, &a->net) < 0) return -1;
+    a->K = a->net.sizes[a->net.net.n_layers];
+    npy_intp xshape[2] = {-1, (npy_intp)a->net.sizes[0]};
+    a->X = pk_arg_array(X, "X", PK_ARG_REAL, a->net.typenum, 2, xshape, 1);
+    if (!a->X) goto fail;
+    a->n = PyArray_DIM(a->X, 0);
+    if (a->n == 0) {
+        PyErr_SetString(PyExc_ValueError, "X: empty batch (N = 0); pass at least one sample");
+        goto fail;
+    }
+    if (loss_obj) {
+        if (pk_parse_loss(loss_obj, a->K, &a->loss) < 0) goto fail;
+        if (y_obj) {
+            a->y = pk_arg_labels(y_obj, a->loss, a->n, a->K, a->net.typenum);
+            if (!a->y) goto fail;
+        }
+    }
+    return 0;
+fail:
+    common_release(a);
+    return -1;
+}
+
+static PyArrayObject *new_array(int nd, npy_intp *dims, int typenum)
+{
+    return (PyArrayObject *)PyArray_SimpleNew(nd, dims, typenum);
+}
+
+#define RUN_C(rc, call)          \
+    do {                         \
+        Py_BEGIN_ALLOW_THREADS;  \
+        rc = (call);             \
+        Py_END_ALLOW_THREADS;    \
+    } while (0)
+
+static PyObject *py_forward_impl(PyObject *args, int features)
+{
+    PyObject *net, *X;
+    if (!PyArg_ParseTuple(args, "OO", &net, &X)) return NULL;
+    pk_common_args a;
+    if (common_parse(net, X, NULL, NULL, &a) < 0) return NULL;
+    int L = a.net.net.n_layers;
+    npy_intp dims[2] = {a.n, (npy_intp)(features ? a.net.sizes[L - 1] : a.K)};
+    PyArrayObject *out = new_array(2, dims, a.net.typenum);
+    int rc = PK_OK;
+    if (out) {
+        if (features)
+            RUN_C(rc, pk_features(&a.net.net, a.n, PyArray_DATA(a.X), PyArray_DATA(out)));
+        else
+            RUN_C(rc, pk_forward(&a.net.net, a.n, PyArray_DATA(a.X), PyArray_DATA(out)));
+    }
+    common_release(&a);
+    if (!out) return NULL;
+    if (rc) {
+        Py_DECREF(out);
+        return pk_raise(rc, NULL);
+    }
+    return (PyObject *)out;
+}
+
+static PyObject *py_forward(PyObject *self, PyObject *args) { return py_forward_impl(args, 0); }
+static PyObject *py_features(PyObject *self, PyObject *args) { return py_forward_impl(args, 1); }
+
+/* loss_grad(net, X, y, loss, want_grad) -> (float, grad or None) */
+static PyObject *py_loss_grad(PyObject *self, PyObject *args)
+{
+    PyObject *net, *X, *y, *loss;
+    int want_grad;
+    if (!PyArg_ParseTuple(args, "OOOOp", &net, &X, &y, &loss, &want_grad)) return NULL;
+    pk_common_args a;
+    if (common_parse(net, X, y, loss, &a) < 0) return NULL;
+    PyArrayObject *grad = NULL;
+    if (want_grad) {
+        npy_intp dims[1] = {(npy_intp)a.net.num_params};
+        grad = new_array(1, dims, a.net.typenum);
+        if (!grad) {
+            common_release(&a);
+            return NULL;
+        }
+    }
+    double value = 0;
+    int rc;
+    RUN_C(rc, pk_loss_grad(&a.net.net, a.loss, a.n, PyArray_DATA(a.X), PyArray_DATA(a.y), &value,
+                           grad ? PyArray_DATA(grad) : NULL));
+    common_release(&a);
+    if (rc) {
+        Py_XDECREF(grad);
+        return pk_raise(rc, NULL);
+    }
+    if (!grad) return Py_BuildValue("dO", value, Py_None);
+    return Py_BuildValue("dN", value, grad);
+}
+
+static PyObject *py_loss_per_sample(PyObject *self, PyObject *args)
+{
+    PyObject *net, *X, *y, *loss;
+    if (!PyArg_ParseTuple(args, "OOOO", &net, &X, &y, &loss)) return NULL;
+    pk_common_args a;
+    if (common_parse(net, X, y, loss, &a) < 0) return NULL;
+    npy_intp dims[1] = {a.n};
+    PyArrayObject *out = new_array(1, dims, NPY_FLOAT64);
+    int rc = PK_OK;
+    if (out)
+        RUN_C(rc, pk_loss_per_sample(&a.net.net, a.loss, a.n, PyArray_DATA(a.X), PyArray_DATA(a.y),
+                                     PyArray_DATA(out)));
+    common_release(&a);
+    if (!out) return NULL;
+    if (rc) {
+        Py_DECREF(out);
+        return pk_raise(rc, NULL);
+    }
+    return (PyObject *)out;
+}
+
+static PyObject *py_jacobian(PyObject *self, PyObject *args)
+{
+    PyObject *net, *X;
+    if (!PyArg_ParseTuple(args, "OO", &net, &X)) return NULL;
+    pk_common_args a;
+    if (common_parse(net, X, NULL, NULL, &a) < 0) return NULL;
+    npy_intp dims[3] = {a.n, (npy_intp)a.K, (npy_intp)a.net.num_params};
+    PyArrayObject *out = new_array(3, dims, a.net.typenum);
+    int rc = PK_OK;
+    if (out) RUN_C(rc, pk_jacobian(&a.net.net, a.n, PyArray_DATA(a.X), PyArray_DATA(out)));
+    common_release(&a);
+    if (!out) return NULL;
+    if (rc) {
+        Py_DECREF(out);
+        return pk_raise(rc, NULL);
+    }
+    return (PyObject *)out;
+}
+
+/* jvp(net, X, V (D, m)) -> (N, K, m) */
+static PyObject *py_jvp(PyObject *self, PyObject *args)
+{
+    PyObject *net, *X, *Vobj;
+    if (!PyArg_ParseTuple(args, "OOO", &net, &X, &Vobj)) return NULL;
+    pk_common_args a;
+    if (common_parse(net, X, NULL, NULL, &a) < 0) return NULL;
+    npy_intp vshape[2] = {(npy_intp)a.net.num_params, -1};
+    PyArrayObject *V = pk_arg_array(Vobj, "v", PK_ARG_REAL, a.net.typenum, 2, vshape, 1);
+    PyArrayObject *out = NULL;
+    int rc = PK_OK;
+    if (V && PyArray_DIM(V, 1) == 0) {
+        PyErr_SetString(PyExc_ValueError, "v: expected at least one column");
+    } else if (V) {
+        npy_intp m = PyArray_DIM(V, 1);
+        npy_intp dims[3] = {a.n, (npy_intp)a.K, m};
+        out = new_array(3, dims, a.net.typenum);
+        if (out)
+            RUN_C(rc, pk_jvp(&a.net.net, a.n, PyArray_DATA(a.X), m, PyArray_DATA(V), PyArray_DATA(out)));
+    }
+    Py_XDECREF(V);
+    common_release(&a);
+    if (!out) return NULL;
+    if (rc) {
+        Py_DECREF(out);
+        return pk_raise(rc, NULL);
+    }
+    return (PyObject *)out;
+}
+
+/* vjp(net, X, U (N, K, m)) -> (D, m) */
+static PyObject *py_vjp(PyObject *self, PyObject *args)
+{
+    PyObject *net, *X, *Uobj;
+    if (!PyArg_ParseTuple(args, "OOO", &net, &X, &Uobj)) return NULL;
+    pk_common_args a;
+    if (common_parse(net, X, NULL, NULL, &a) < 0) return NULL;
+    npy_intp ushape[3] = {a.n, (npy_intp)a.K, -1};
+    PyArrayObject *U = pk_arg_array(Uobj, "u", PK_ARG_REAL, a.net.typenum, 3, ushape, 1);
+    PyArrayObject *out = NULL;
+    int rc = PK_OK;
+    if (U && PyArray_DIM(U, 2) == 0) {
+        PyErr_SetString(PyExc_ValueError, "u: expected at least one column");
+    } else if (U) {
+        npy_intp m = PyArray_DIM(U, 2);
+        npy_intp dims[2] = {(npy_intp)a.net.num_params, m};
+        out = new_array(2, dims, a.net.typenum);
+        if (out)
+            RUN_C(rc, pk_vjp(&a.net.net, a.n, PyArray_DATA(a.X), m, PyArray_DATA(U), PyArray_DATA(out)));
+    }
+    Py_XDECREF(U);
+    common_release(&a);
+    if (!out) return NULL;
+    if (rc) {
+        Py_DECREF(out);
+        return pk_raise(rc, NULL);
+    }
+    return (PyObject *)out;
+}
+
+/* curvature_matvec(net, which, X, y, loss, V (D, m)) -> (D, m) */
+static PyObject *py_curvature_matvec(PyObject *self, PyObject *args)
+{
+    PyObject *net, *X, *y, *loss, *Vobj;
+    int which;
+    if (!PyArg_ParseTuple(args, "OiOOOO", &net, &which, &X, &y, &loss, &Vobj)) return NULL;
+    pk_common_args a;
+    if (common_parse(net, X, y, loss, &a) < 0) return NULL;
+    npy_intp vshape[2] = {(npy_intp)a.net.num_params, -1};
+    PyArrayObject *V = pk_arg_array(Vobj, "V", PK_ARG_REAL, a.net.typenum, 2, vshape, 1);
+    PyArrayObject *out = NULL;
+    int rc = PK_OK;
+    if (V && PyArray_DIM(V, 1) == 0) {
+        PyErr_SetString(PyExc_ValueError, "V: expected at least one column");
+    } else if (V) {
+        npy_intp m = PyArray_DIM(V, 1);
+        npy_intp dims[2] = {(npy_intp)a.net.num_params, m};
+        out = new_array(2, dims, a.net.typenum);
+        if (out)
+            RUN_C(rc, pk_curvature_matvec(&a.net.net, (pk_curv_t)which, a.loss, a.n, PyArray_DATA(a.X),
+                                          PyArray_DATA(a.y), m, PyArray_DATA(V), PyArray_DATA(out)));
+    }
+    Py_XDECREF(V);
+    common_release(&a);
+    if (!out) return NULL;
+    if (rc) {
+        Py_DECREF(out);
+        return pk_raise(rc, NULL);
+    }
+    return (PyObject *)out;
+}
+
+static PyObject *py_dense_curvature(PyObject *args, int hessian)
+{
+    PyObject *net, *X, *y, *loss;
+    if (!PyArg_ParseTuple(args, "OOOO", &net, &X, &y, &loss)) return NULL;
+    pk_common_args a;
+    if (common_parse(net, X, y, loss, &a) < 0) return NULL;
+    npy_intp D = (npy_intp)a.net.num_params;
+    npy_intp dims[2] = {D, D};
+    PyArrayObject *out = new_array(2, dims, a.net.typenum);
+    int rc = PK_OK;
+    if (out) {
+        if (hessian)
+            RUN_C(rc, pk_hessian(&a.net.net, a.loss, a.n, PyArray_DATA(a.X), PyArray_DATA(a.y), PyArray_DATA(out)));
+        else
+            RUN_C(rc, pk_ggn(&a.net.net, a.loss, a.n, PyArray_DATA(a.X), PyArray_DATA(a.y), PyArray_DATA(out)));
+    }
+    common_release(&a);
+    if (!out) return NULL;
+    if (rc) {
+        Py_DECREF(out);
+        return pk_raise(rc, NULL);
+    }
+    return (PyObject *)out;
+}
+
+static PyObject *py_hessian(PyObject *self, PyObject *args) { return py_dense_curvature(args, 1); }
+static PyObject *py_ggn(PyObject *self, PyObject *args) { return py_dense_curvature(args, 0); }
+
+static int parse_kind(int kind, int mc_samples, int allow_kfra)
+{
+    if (kind < PK_FISHER_EXACT || kind > (allow_kfra ? PK_FISHER_KFRA : PK_FISHER_EMPIRICAL)) {
+        PyErr_Format(PyExc_ValueError, "kind: unsupported curvature kind code %d", kind);
+        return -1;
+    }
+    if (kind == PK_FISHER_MC && mc_samples < 1) {
+        PyErr_Format(PyExc_ValueError, "mc_samples: expected a positive number of samples, got %d", mc_samples);
+        return -1;
+    }
+    return 0;
+}
+
+/* diag_curvature(net, kind, X, y, loss, mc_samples, seed) -> (D,) */
+static PyObject *py_diag_curvature(PyObject *self, PyObject *args)
+{
+    PyObject *net, *X, *y, *loss, *seed;
+    int kind, mc_samples;
+    if (!PyArg_ParseTuple(args, "OiOOOiO", &net, &kind, &X, &y, &loss, &mc_samples, &seed)) return NULL;
+    if (parse_kind(kind, mc_samples, 0) < 0) return NULL;
+    pk_rng_t rng;
+    if (pk_parse_seed(seed, &rng) < 0) return NULL;
+    pk_common_args a;
+    if (common_parse(net, X, y, loss, &a) < 0) return NULL;
+    npy_intp dims[1] = {(npy_intp)a.net.num_params};
+    PyArrayObject *out = (PyArrayObject *)PyArray_ZEROS(1, dims, a.net.typenum, 0);
+    int rc = PK_OK;
+    if (out)
+        RUN_C(rc, pk_diag_curvature(&a.net.net, (pk_fisher_t)kind, a.loss, a.n, PyArray_DATA(a.X),
+                                    PyArray_DATA(a.y), mc_samples, &rng, PyArray_DATA(out)));
+    common_release(&a);
+    if (!out) return NULL;
+    if (rc) {
+        Py_DECREF(out);
+        return pk_raise(rc, NULL);
+    }
+    return (PyObject *)out;
+}
+
+/* kfac_factors(net, kind, X, y, loss, mc_samples, seed, A_list, G_list): adds
+ * this batch's unnormalised factors into the caller's accumulators (fresh,
+ * pykfac-owned arrays created by pykfac.kfac; checked here all the same). */
+static PyObject *py_kfac_factors(PyObject *self, PyObject *args)
+{
+    PyObject *net, *X, *y, *loss, *seed, *Alist, *Glist;
+    int kind, mc_samples;
+    if (!PyArg_ParseTuple(args, "OiOOOiOO!O!", &net, &kind, &X, &y, &loss, &mc_samples, &seed,
+                          &PyList_Type, &Alist, &PyList_Type, &Glist))
+        return NULL;
+    if (parse_kind(kind, mc_samples, 1) < 0) return NULL;
+    pk_rng_t rng;
+    if (pk_parse_seed(seed, &rng) < 0) return NULL;
+    pk_common_args a;
+    if (common_parse(net, X, y, loss, &a) < 0) return NULL;
+    int L = a.net.net.n_layers;
+    void *A[64], *G[64];
+    if (PyList_GET_SIZE(Alist) != L || PyList_GET_SIZE(Glist) != L) {
+        PyErr_Format(PyExc_ValueError, "accumulators: expected %d factors per list", L);
+        common_release(&a);
+        return NULL;
+    }
+    for (int l = 0; l < L; l++) {
+        PyObject *objs[2] = {PyList_GET_ITEM(Alist, l), PyList_GET_ITEM(Glist, l)};
+        npy_intp want[2] = {(npy_intp)a.net.sizes[l] + 1, (npy_intp)a.net.sizes[l + 1]};
+        for (int t = 0; t < 2; t++) {
+            PyArrayObject *arr = (PyArrayObject *)objs[t];
+            if (!PyArray_Check(objs[t]) || PyArray_TYPE(arr) != a.net.typenum || PyArray_NDIM(arr) != 2 ||
+                PyArray_DIM(arr, 0) != want[t] || PyArray_DIM(arr, 1) != want[t] ||
+                !PyArray_IS_C_CONTIGUOUS(arr) || !PyArray_ISWRITEABLE(arr)) {
+                PyErr_Format(PyExc_ValueError, "accumulator %s[%d]: expected a writable C-contiguous (%ld, %ld) array of the net's dtype",
+                             t ? "G" : "A", l, (long)want[t], (long)want[t]);
+                common_release(&a);
+                return NULL;
+            }
+            (t ? G : A)[l] = PyArray_DATA(arr);
+        }
+    }
+    int rc;
+    RUN_C(rc, pk_kfac_factors(&a.net.net, (pk_fisher_t)kind, a.loss, a.n, PyArray_DATA(a.X),
+                              PyArray_DATA(a.y), mc_samples, &rng, A, G));
+    common_release(&a);
+    if (rc) return pk_raise(rc, NULL);
+    Py_RETURN_NONE;
+}
+
+/* output_curvature(net, X, y or None, loss) -> (dloss or None, Lambda, S) */
+static PyObject *py_output_curvature(PyObject *self, PyObject *args)
+{
+    PyObject *net, *X, *y, *loss;
+    if (!PyArg_ParseTuple(args, "OOOO", &net, &X, &y, &loss)) return NULL;
+    pk_common_args a;
+    if (common_parse(net, X, y == Py_None ? NULL : y, loss, &a) < 0) return NULL;
+    npy_intp d2[2] = {a.n, (npy_intp)a.K}, d3[3] = {a.n, (npy_intp)a.K, (npy_intp)a.K};
+    PyArrayObject *dl = a.y ? new_array(2, d2, a.net.typenum) : NULL;
+    PyArrayObject *lam = new_array(3, d3, a.net.typenum);
+    PyArrayObject *S = new_array(3, d3, a.net.typenum);
+    int rc = PK_OK;
+    if ((a.y && !dl) || !lam || !S) goto fail;
+    RUN_C(rc, pk_output_curvature(&a.net.net, a.loss, a.n, PyArray_DATA(a.X),
+                                  a.y ? PyArray_DATA(a.y) : NULL, dl ? PyArray_DATA(dl) : NULL,
+                                  PyArray_DATA(lam), PyArray_DATA(S)));
+    if (rc) {
+        pk_raise(rc, NULL);
+        goto fail;
+    }
+    common_release(&a);
+    if (!dl) {
+        Py_INCREF(Py_None);
+        dl = (PyArrayObject *)Py_None;
+    }
+    return Py_BuildValue("NNN", dl, lam, S);
+fail:
+    common_release(&a);
+    Py_XDECREF(dl);
+    Py_XDECREF(lam);
+    Py_XDECREF(S);
+    return NULL;
+}
+
+PyMethodDef pk_mlp_methods[] = {
+    {"forward", py_forward, METH_VARARGS, "forward(net, X) -> (N, K) outputs"},
+    {"features", py_features, METH_VARARGS, "features(net, X) -> penultimate activations"},
+    {"loss_grad", py_loss_grad, METH_VARARGS, "loss_grad(net, X, y, loss, want_grad) -> (value, grad or None)"},
+    {"loss_per_sample", py_loss_per_sample, METH_VARARGS, "loss_per_sample(net, X, y, loss) -> (N,) float64"},
+    {"jacobian", py_jacobian, METH_VARARGS, "jacobian(net, X) -> (N, K, D)"},
+    {"jvp", py_jvp, METH_VARARGS, "jvp(net, X, V (D, m)) -> (N, K, m)"},
+    {"vjp", py_vjp, METH_VARARGS, "vjp(net, X, U (N, K, m)) -> (D, m)"},
+    {"curvature_matvec", py_curvature_matvec, METH_VARARGS,
+     "curvature_matvec(net, which, X, y, loss, V (D, m)) -> (D, m); which 0 GGN, 1 Hessian, 2 residual"},
+    {"hessian", py_hessian, METH_VARARGS, "hessian(net, X, y, loss) -> (D, D)"},
+    {"ggn", py_ggn, METH_VARARGS, "ggn(net, X, y, loss) -> (D, D)"},
+    {"diag_curvature", py_diag_curvature, METH_VARARGS,
+     "diag_curvature(net, kind, X, y, loss, mc_samples, seed) -> (D,); kind 0 exact, 1 MC, 2 empirical"},
+    {"kfac_factors", py_kfac_factors, METH_VARARGS,
+     "kfac_factors(net, kind, X, y, loss, mc_samples, seed, A_list, G_list): accumulate factors"},
+    {"output_curvature", py_output_curvature, METH_VARARGS,
+     "output_curvature(net, X, y or None, loss) -> (dloss or None, Lambda (N,K,K), S (N,K,K))"},
+    {NULL, NULL, 0, NULL},
+};

@@ -1,0 +1,231 @@
+r"""Exact curvature of a dense network's loss.
+
+Everything refers to the SUM over samples (CONVENTIONS.md)
+
+.. math:: L(\theta) = \sum_n \ell(y_n, f(x_n, \theta)),
+
+with ``loss`` one of ``"mse"`` (:math:`\tfrac12\|y-f\|^2`), ``"ce"``
+(softmax cross-entropy, integer labels) or ``"bce"`` (logistic, one output,
+labels 0/1 or -1/+1), and every vector/matrix over parameters in ``net.theta``
+order. To compare with a mean-reduced loss divide by N; PyTorch's
+``MSELoss(reduction="sum")`` is twice ``"mse"`` here.
+"""
+from collections import namedtuple
+
+import numpy as np
+from scipy.sparse.linalg import LinearOperator
+
+from . import _core
+from ._data import resolve_seed
+from .mlp import MLP
+
+__all__ = [
+    "loss",
+    "loss_and_grad",
+    "loss_per_sample",
+    "jacobian",
+    "jvp",
+    "vjp",
+    "hessian",
+    "hvp",
+    "ggn",
+    "ggn_matvec",
+    "residual_matvec",
+    "diag_ggn",
+    "empirical_fisher_diag",
+    "output_curvature",
+    "OutputCurvature",
+    "GGNOperator",
+    "HessianOperator",
+]
+
+_GGN, _HESSIAN, _RESIDUAL = 0, 1, 2
+_EXACT, _MC, _EMPIRICAL = 0, 1, 2
+
+
+def _net(net):
+    if not isinstance(net, MLP):
+        raise TypeError(f"net: expected a pykfac.MLP, got {type(net).__name__}")
+    return net
+
+
+def _as_columns(V, D, name):
+    """(D,) -> (D, 1) and a flag to squeeze the result back."""
+    arr = np.asarray(V)
+    if arr.ndim == 1:
+        if arr.shape[0] != D:
+            raise ValueError(f"{name}: expected shape (D,) or (D, m) with D = {D}, got {arr.shape}")
+        return arr[:, None], True
+    if arr.ndim == 2:
+        if arr.shape[0] != D:
+            raise ValueError(f"{name}: expected shape (D,) or (D, m) with D = {D}, got {arr.shape}")
+        return arr, False
+    raise ValueError(f"{name}: expected shape (D,) or (D, m) with D = {D}, got {arr.shape}")
+
+
+def loss(net, X, y, loss):
+    """Summed loss :math:`L = \\sum_n \\ell(y_n, f(x_n))` as a Python float.
+
+    Parameters
+    ----------
+    net : MLP
+    X : (N, d_in) array
+    y : labels -- (N,) int for "ce", (N, K) float for "mse", (N,) 0/1 for "bce"
+    loss : {"mse", "ce", "bce"}
+    """
+    return _core.loss_grad(_net(net), X, y, loss, False)[0]
+
+
+def loss_and_grad(net, X, y, loss):
+    """``(L, dL/dtheta)``: the summed loss and its (D,) gradient (one forward and backward pass)."""
+    return _core.loss_grad(_net(net), X, y, loss, True)
+
+
+def loss_per_sample(net, X, y, loss):
+    """(N,) float64 per-sample losses :math:`\\ell(y_n, f(x_n))`."""
+    return _core.loss_per_sample(_net(net), X, y, loss)
+
+
+def jacobian(net, X):
+    """(N, K, D) Jacobians :math:`J_n = \\partial f(x_n) / \\partial\\theta` (memory N*K*D)."""
+    return _core.jacobian(_net(net), X)
+
+
+def jvp(net, X, v):
+    """Forward-mode product :math:`J v`: v (D,) -> (N, K); v (D, m) -> (N, K, m)."""
+    net = _net(net)
+    V, squeeze = _as_columns(v, net.num_params, "v")
+    out = _core.jvp(net, X, V)
+    return out[:, :, 0] if squeeze else out
+
+
+def vjp(net, X, u):
+    """Reverse-mode product :math:`\\sum_n J_n^T u_n`: u (N, K) -> (D,); u (N, K, m) -> (D, m)."""
+    net = _net(net)
+    U = np.asarray(u)
+    if U.ndim == 2:
+        return _core.vjp(net, X, U[:, :, None])[:, 0]
+    if U.ndim != 3:
+        raise ValueError(f"u: expected shape (N, K) or (N, K, m), got {U.shape}")
+    return _core.vjp(net, X, U)
+
+
+def _matvec(which, net, X, y, loss, V, name="V"):
+    net = _net(net)
+    cols, squeeze = _as_columns(V, net.num_params, name)
+    out = _core.curvature_matvec(net, which, X, y, loss, cols)
+    return out[:, 0] if squeeze else out
+
+
+def hessian(net, X, y, loss):
+    """(D, D) exact Hessian :math:`\\nabla^2_\\theta L` (GGN + residual term), theta order.
+
+    Built from D Hessian-vector products (Pearlmutter's R-operator) using the
+    activations' exact second derivatives; cost O(D) forward/backward passes.
+    """
+    return _core.hessian(_net(net), X, y, loss)
+
+
+def hvp(net, X, y, loss, V):
+    """Exact Hessian-vector product :math:`H V` for V (D,) or (D, m), without forming H."""
+    return _matvec(_HESSIAN, net, X, y, loss, V)
+
+
+def ggn(net, X, y, loss):
+    """(D, D) generalised Gauss-Newton :math:`G = \\sum_n J_n^T \\Lambda_n J_n`.
+
+    For "ce" and "bce" this is also the (true) Fisher information. Built as
+    :math:`B^T B` with B the stacked rows :math:`S_n^T J_n` (one SYRK).
+    """
+    return _core.ggn(_net(net), X, y, loss)
+
+
+def ggn_matvec(net, X, y, loss, V):
+    """:math:`G V = \\sum_n J_n^T \\Lambda_n J_n V` for V (D,) or (D, m) (Schraudolph's
+    Jv -> Lambda -> J^T u, never forming J)."""
+    return _matvec(_GGN, net, X, y, loss, V)
+
+
+def residual_matvec(net, X, y, loss, V):
+    """:math:`(H - G) V = \\sum_n \\sum_k (\\partial\\ell/\\partial f_k) \\nabla^2 f_k\\, V`,
+    the part of the Hessian the GGN drops."""
+    return _matvec(_RESIDUAL, net, X, y, loss, V)
+
+
+def _mc_samples(mc_samples):
+    if isinstance(mc_samples, bool) or not isinstance(mc_samples, (int, np.integer)):
+        raise TypeError(f"mc_samples: expected an int, got {type(mc_samples).__name__}")
+    if mc_samples < 0:
+        raise ValueError(f"mc_samples: expected >= 0, got {mc_samples}")
+    return int(mc_samples)
+
+
+def diag_ggn(net, X, y, loss, mc_samples=0, seed=None):
+    """(D,) diagonal of the GGN.
+
+    Exact when ``mc_samples == 0`` (K backward passes of the columns of
+    :math:`S_n`, :math:`S_n S_n^T = \\Lambda_n`); otherwise a Monte-Carlo
+    estimate from ``mc_samples`` targets per datum sampled from the model's
+    predictive (the MC Fisher), seeded by ``seed``.
+    """
+    mc = _mc_samples(mc_samples)
+    kind = _MC if mc else _EXACT
+    return _core.diag_curvature(_net(net), kind, X, y, loss, max(mc, 1), resolve_seed(seed))
+
+
+def empirical_fisher_diag(net, X, y, loss):
+    """(D,) diagonal of the empirical Fisher :math:`\\sum_n \\nabla\\ell_n \\odot \\nabla\\ell_n`
+    (per-sample gradients at the TRUE labels)."""
+    return _core.diag_curvature(_net(net), _EMPIRICAL, X, y, loss, 1, 0)
+
+
+OutputCurvature = namedtuple("OutputCurvature", ["grad", "hessian", "sqrt"])
+OutputCurvature.__doc__ = """Output-space derivatives of the loss at f(X):
+grad (N, K) = dl/df (None without labels), hessian (N, K, K) = Lambda_n,
+sqrt (N, K, K) with S S^T = Lambda (for "ce", column v is sqrt(p_v)(e_v - p))."""
+
+
+def output_curvature(net, X, loss, y=None):
+    """Loss derivatives with respect to the network outputs; see ``OutputCurvature``.
+
+    :math:`\\Lambda` does not depend on the labels for these losses, so ``y``
+    is only needed for the gradient.
+    """
+    return OutputCurvature(*_core.output_curvature(_net(net), X, y, loss))
+
+
+class _CurvatureOperator(LinearOperator):
+    _which = None
+
+    def __init__(self, net, X, y, loss):
+        self.net = _net(net)
+        # Validate once up front so errors surface at construction, not in eigsh.
+        _core.loss_grad(self.net, X, y, loss, False)
+        self.X, self.y, self.loss = X, y, loss
+        D = self.net.num_params
+        super().__init__(dtype=self.net.dtype, shape=(D, D))
+
+    def _matmat(self, V):
+        return _core.curvature_matvec(self.net, self._which, self.X, self.y, self.loss, np.asarray(V))
+
+    def _matvec(self, v):
+        return self._matmat(np.asarray(v).reshape(-1, 1))[:, 0]
+
+    def _adjoint(self):
+        return self  # symmetric
+
+
+class GGNOperator(_CurvatureOperator):
+    """The GGN as a ``scipy.sparse.linalg.LinearOperator`` (symmetric PSD, D x D).
+
+    Products use ``ggn_matvec`` at the network's CURRENT parameters, so
+    ``eigsh``/``cg`` work without forming the matrix. Data are kept by reference.
+    """
+
+    _which = _GGN
+
+
+class HessianOperator(_CurvatureOperator):
+    """The exact Hessian as a symmetric ``LinearOperator`` (products via ``hvp``)."""
+
+    _which = _HESSIAN

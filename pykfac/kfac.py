@@ -1,0 +1,78 @@
+r"""Kronecker-factored (K-FAC) approximations of the GGN / Fisher.
+
+For dense layer l with augmented input :math:`\bar a = [a; 1]` and
+pre-activation gradient :math:`g = \partial\ell/\partial s`, the GGN block of
+:math:`\bar W_l = [W_l\ b_l]` is approximated by
+
+.. math:: G_l \otimes A_l, \quad G_l = \sum_n g_n g_n^T, \quad A_l = \frac1N \sum_n \bar a_n \bar a_n^T
+
+(CONVENTIONS.md; G carries the sum over data, A the average). ``kind`` chooses
+how g is formed:
+
+- ``"exact"`` (KFLR, Botev et al. 2017): one backward pass per column of
+  :math:`S_n` (:math:`S_n S_n^T = \Lambda_n`), K passes in total;
+- ``"mc"``: ``mc_samples`` targets sampled from the model's predictive (K-FAC
+  of Martens & Grosse 2015), averaged;
+- ``"empirical"``: gradients at the true labels (empirical Fisher);
+- ``"kfra"``: Botev et al.'s recursive approximation of the batch-averaged
+  pre-activation Hessian, :math:`\mathcal G_L = \mathrm{mean}_n \Lambda_n`,
+  :math:`\mathcal G_{l} = (W_{l+1}^T \mathcal G_{l+1} W_{l+1}) \circ
+  \mathrm{mean}_n(\phi'(s_l)\phi'(s_l)^T)`, :math:`G_l = N \mathcal G_l`.
+
+Batches add up: exact, MC and empirical factors of several batches equal those
+of their union. KFRA's averages are taken per batch (as in the paper), so its
+factors depend on how the data are batched: :math:`G_l = \sum_b N_b \mathcal G_l^{(b)}`.
+"""
+import numpy as np
+
+from . import _core
+from ._data import iter_batches, seed_stream
+from .curvature import _mc_samples, _net
+from .kron import KronCurvature
+
+__all__ = ["kfac", "KFAC_KINDS"]
+
+KFAC_KINDS = {"exact": 0, "mc": 1, "empirical": 2, "kfra": 3}
+
+
+def kfac(net, data, loss, kind="exact", mc_samples=1, seed=None, progress=False):
+    """Kronecker factors of every layer, accumulated over ``data``.
+
+    Parameters
+    ----------
+    net : MLP
+    data : (X, y) tuple or iterable of (X, y) batches
+    loss : {"mse", "ce", "bce"}
+    kind : {"exact", "mc", "empirical", "kfra"}
+    mc_samples : int
+        Sampled targets per datum for ``kind="mc"`` (>= 1).
+    seed : int or None
+        Seeds the MC sampling (reproducible per seed; None draws fresh entropy).
+    progress : bool
+        Show a tqdm progress bar over batches.
+
+    Returns
+    -------
+    KronCurvature
+        ``A[l]`` of shape (in+1, in+1) and ``G[l]`` of shape (out, out); its
+        ``to_dense()`` is the block-diagonal (D, D) approximation in theta order.
+    """
+    net = _net(net)
+    if kind not in KFAC_KINDS:
+        raise ValueError(f"kind: expected one of {tuple(KFAC_KINDS)}, got {kind!r}")
+    mc = _mc_samples(mc_samples)
+    if kind == "mc" and mc < 1:
+        raise ValueError(f"mc_samples: expected >= 1 for kind='mc', got {mc}")
+    code = KFAC_KINDS[kind]
+    sizes = net.sizes
+    A = [np.zeros((i + 1, i + 1), dtype=net.dtype) for i in sizes[:-1]]
+    G = [np.zeros((o, o), dtype=net.dtype) for o in sizes[1:]]
+    seeds = seed_stream(seed) if kind == "mc" else None
+    n_total = 0
+    for X, y in iter_batches(data, progress=progress, desc=f"kfac[{kind}]"):
+        batch_seed = next(seeds) if seeds is not None else 0
+        _core.kfac_factors(net, code, X, y, loss, max(mc, 1), batch_seed, A, G)
+        n_total += np.shape(X)[0]
+    for a in A:
+        a /= n_total
+    return KronCurvature(A=A, G=G, sizes=sizes, num_data=n_total, kind=kind)

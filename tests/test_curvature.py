@@ -1,0 +1,305 @@
+"""Losses, gradients, Jacobians, Hessians, GGN and diagonal curvature of pk.MLP
+against tests/reference.py and finite differences (CONVENTIONS.md, "Curvature").
+
+Tolerances: pykfac vs the exact reference ~1e-10 (both float64, different
+algorithms); anything vs central finite differences ~1e-6 (truncation h^2 and
+rounding eps/h with h = 1e-5 .. 1e-6).
+"""
+import numpy as np
+import pytest
+import scipy.sparse.linalg as spla
+
+import pykfac as pk
+import reference as ref
+
+ALL = [(act, loss) for loss in ref.LOSSES for act in ref.ACTIVATIONS]
+ALL_IDS = [f"{act}-{loss}" for act, loss in ALL]
+SOME_ACTS = ["tanh", "relu", "gelu", "sigmoid"]
+
+
+def at_theta(net, fn):
+    """theta -> fn() evaluated with net.theta temporarily set to theta."""
+    theta0 = net.theta.copy()
+
+    def call(t):
+        net.theta[:] = t
+        try:
+            return np.array(fn(), dtype=np.float64)
+        finally:
+            net.theta[:] = theta0
+
+    return call
+
+
+# ---------------------------------------------------------------- loss, grad
+@pytest.mark.parametrize("act,loss", ALL, ids=ALL_IDS)
+def test_loss_and_grad(make_problem, act, loss):
+    net, X, y, rnet = make_problem(loss, activation=act)
+    value = pk.loss(net, X, y, loss)
+    value2, grad = pk.loss_and_grad(net, X, y, loss)
+    assert isinstance(value, float)
+    rvalue, rgrad = rnet.loss_grad(X, y, loss)
+    assert value == pytest.approx(rvalue, rel=1e-13)
+    assert value2 == pytest.approx(rvalue, rel=1e-13)
+    assert grad.shape == (net.num_params,)
+    ref.assert_close(grad, rgrad, 1e-12, "grad vs reference")
+    fd = ref.fd_gradient(at_theta(net, lambda: pk.loss(net, X, y, loss)), net.theta.copy(), h=1e-6)
+    ref.assert_close(grad, fd, 1e-6, "grad vs finite differences of pk.loss")
+
+
+def test_loss_is_a_sum_over_samples(make_problem):
+    net, X, y, _ = make_problem("ce", N=8)
+    total = pk.loss(net, X, y, "ce")
+    parts = sum(pk.loss(net, X[i:i + 1], y[i:i + 1], "ce") for i in range(8))
+    assert total == pytest.approx(parts, rel=1e-13)
+    _, g = pk.loss_and_grad(net, X, y, "ce")
+    g_parts = sum(pk.loss_and_grad(net, X[i:i + 1], y[i:i + 1], "ce")[1] for i in range(8))
+    ref.assert_close(g, g_parts, 1e-13, "grad is a sum")
+
+
+def test_loss_closed_forms():
+    # one-layer nets with hand-checkable outputs
+    net = pk.MLP.from_params([(np.zeros((3, 2)), np.array([1.0, 2.0, 3.0]))], activation="identity")
+    X = np.zeros((2, 2))
+    f = np.array([1.0, 2.0, 3.0])
+    lse = np.log(np.sum(np.exp(f)))
+    assert pk.loss(net, X, np.array([0, 2]), "ce") == pytest.approx((lse - 1) + (lse - 3), rel=1e-14)
+    y = np.array([[0.0, 0.0, 0.0], [1.0, 2.0, 4.0]])
+    assert pk.loss(net, X, y, "mse") == pytest.approx(0.5 * 14 + 0.5 * 1, rel=1e-14)
+    net1 = pk.MLP.from_params([(np.zeros((1, 2)), np.array([0.7]))], activation="identity")
+    # y = 1: log(1 + e^-0.7); y = 0: log(1 + e^0.7)
+    expect = np.log1p(np.exp(-0.7)) + np.log1p(np.exp(0.7))
+    assert pk.loss(net1, X, np.array([1.0, 0.0]), "bce") == pytest.approx(expect, rel=1e-14)
+
+
+# ---------------------------------------------------------------- Jacobian
+@pytest.mark.parametrize("act", ref.ACTIVATIONS)
+def test_jacobian(make_problem, act):
+    net, X, _, rnet = make_problem("mse", hidden=(4, 5), activation=act, N=5)
+    J = pk.jacobian(net, X)
+    assert J.shape == (5, 3, net.num_params)
+    ref.assert_close(J, rnet.jacobian(X), 1e-13, "jacobian vs reference (reverse)")
+    ref.assert_close(J, rnet.jacobian_forward(X), 1e-13, "jacobian vs reference (forward)")
+    fd = ref.fd_jacobian(at_theta(net, lambda: net(X)), net.theta.copy(), h=1e-6)
+    ref.assert_close(J, fd, 1e-7, "jacobian vs finite differences of net(X)")
+
+
+@pytest.mark.parametrize("act", SOME_ACTS)
+def test_jvp_vjp(make_problem, act):
+    net, X, _, _ = make_problem("ce", hidden=(5, 4), activation=act, N=7)
+    D = net.num_params
+    J = pk.jacobian(net, X)
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=D)
+    V = rng.normal(size=(D, 3))
+    u = rng.normal(size=(7, 3))
+    U = rng.normal(size=(7, 3, 4))
+    out = pk.jvp(net, X, v)
+    assert out.shape == (7, 3)
+    ref.assert_close(out, np.einsum("nkd,d->nk", J, v), 1e-13, "jvp (D,)")
+    out = pk.jvp(net, X, V)
+    assert out.shape == (7, 3, 3)
+    ref.assert_close(out, np.einsum("nkd,dm->nkm", J, V), 1e-13, "jvp (D, m)")
+    out = pk.vjp(net, X, u)
+    assert out.shape == (D,)
+    ref.assert_close(out, np.einsum("nkd,nk->d", J, u), 1e-13, "vjp (N, K)")
+    out = pk.vjp(net, X, U)
+    assert out.shape == (D, 4)
+    ref.assert_close(out, np.einsum("nkd,nkm->dm", J, U), 1e-13, "vjp (N, K, m)")
+    # adjointness <u, J v> = <J^T u, v>
+    assert np.sum(u * pk.jvp(net, X, v)) == pytest.approx(pk.vjp(net, X, u) @ v, rel=1e-12)
+
+
+# ---------------------------------------------------------------- Hessian, GGN
+@pytest.mark.parametrize("act,loss", ALL, ids=ALL_IDS)
+def test_hessian_and_ggn_vs_reference(make_problem, act, loss):
+    net, X, y, rnet = make_problem(loss, activation=act)
+    H = pk.hessian(net, X, y, loss)
+    G = pk.ggn(net, X, y, loss)
+    D = net.num_params
+    assert H.shape == (D, D) and G.shape == (D, D)
+    ref.assert_close(G, rnet.ggn(X, y, loss), 1e-12, "ggn vs reference")
+    ref.assert_close(H, rnet.hessian(X, y, loss), 1e-11, "hessian vs reference (forward mode)")
+    ref.assert_close(H, rnet.hessian_fd(X, y, loss), 1e-6, "hessian vs FD of the reference gradient")
+
+
+@pytest.mark.parametrize("act,loss", ALL, ids=ALL_IDS)
+def test_residual_term(make_problem, act, loss):
+    """H - GGN = sum_n sum_k (dl/df_k) d^2 f_k / dtheta^2, computed by finite
+    differences of theta -> J(theta)^T r with r held fixed."""
+    net, X, y, rnet = make_problem(loss, activation=act, N=5)
+    R = pk.hessian(net, X, y, loss) - pk.ggn(net, X, y, loss)
+    R_fd = rnet.residual_fd(X, y, loss)
+    ref.assert_close(R, R_fd, 1e-6, "H - GGN vs FD residual")
+    ref.assert_close(R, rnet.residual(X, y, loss), 1e-10, "H - GGN vs exact residual")
+    assert np.abs(R).max() > 1e-3 * np.abs(rnet.ggn(X, y, loss)).max()  # the check is not vacuous
+
+
+def test_hessian_vs_pure_finite_differences_of_loss_value(make_problem):
+    net, X, y, rnet = make_problem("ce", hidden=(3,), activation="tanh", N=4, d_in=2, K=3)
+    H = pk.hessian(net, X, y, "ce")
+    fd = ref.fd_hessian(at_theta(net, lambda: pk.loss(net, X, y, "ce")), net.theta.copy(), h=1e-4)
+    ref.assert_close(H, fd, 1e-6, "hessian vs second differences of pk.loss")
+    ref.assert_close(rnet.hessian_fd_loss(X, y, "ce"), rnet.hessian(X, y, "ce"), 1e-6, "reference self-check")
+
+
+@pytest.mark.parametrize("act,loss", [(a, l) for l in ref.LOSSES for a in SOME_ACTS])
+def test_hvp_vs_fd_of_gradient(make_problem, act, loss):
+    net, X, y, _ = make_problem(loss, activation=act)
+    D = net.num_params
+    rng = np.random.default_rng(1)
+    v = rng.normal(size=D)
+    Hv = pk.hvp(net, X, y, loss, v)
+    assert Hv.shape == (D,)
+    grad = at_theta(net, lambda: pk.loss_and_grad(net, X, y, loss)[1])
+    theta = net.theta.copy()
+    h = 1e-5
+    fd = (grad(theta + h * v) - grad(theta - h * v)) / (2 * h)
+    ref.assert_close(Hv, fd, 1e-6, "hvp vs FD of pk gradient")
+    V = rng.normal(size=(D, 4))
+    HV = pk.hvp(net, X, y, loss, V)
+    assert HV.shape == (D, 4)
+    ref.assert_close(HV, pk.hessian(net, X, y, loss) @ V, 1e-12, "hvp (D, m) vs hessian @ V")
+
+
+@pytest.mark.parametrize("loss", ref.LOSSES)
+def test_ggn_matvec(make_problem, loss):
+    net, X, y, _ = make_problem(loss, activation="softplus")
+    D = net.num_params
+    G = pk.ggn(net, X, y, loss)
+    rng = np.random.default_rng(2)
+    v = rng.normal(size=D)
+    V = rng.normal(size=(D, 5))
+    gv = pk.ggn_matvec(net, X, y, loss, v)
+    assert gv.shape == (D,)
+    ref.assert_close(gv, G @ v, 1e-12, "ggn_matvec (D,)")
+    GV = pk.ggn_matvec(net, X, y, loss, V)
+    assert GV.shape == (D, 5)
+    ref.assert_close(GV, G @ V, 1e-12, "ggn_matvec (D, m)")
+
+
+def test_ggn_psd_while_hessian_indefinite(make_problem):
+    """tanh + ce, 3 data and D = 51 >> N (K - 1): the GGN (rank <= 6) is PSD;
+    the Hessian adds the residual term, which is indefinite (its W_1-W_1 block
+    is zero but its W_0-W_1 block is not), so H has a clearly negative eigenvalue."""
+    net, X, y, rnet = make_problem("ce", hidden=(4, 4), activation="tanh", N=3)
+    G = pk.ggn(net, X, y, "ce")
+    H = pk.hessian(net, X, y, "ce")
+    ref.assert_close(G, G.T, 1e-15, "ggn symmetric")
+    ref.assert_close(H, H.T, 1e-14, "hessian symmetric")
+    scale = np.abs(G).max()
+    eg = np.linalg.eigvalsh(G)
+    assert eg.min() >= -1e-10 * scale
+    assert np.sum(eg > 1e-8 * scale) <= 3 * (3 - 1)  # rank <= N (K - 1) for ce
+    eh = np.linalg.eigvalsh(H)
+    eh_ref = np.linalg.eigvalsh(rnet.hessian(X, y, "ce"))
+    assert eh_ref.min() < -0.05 * np.abs(eh_ref).max()  # the case really is indefinite
+    ref.assert_close(eh, eh_ref, 1e-10, "hessian spectrum")
+
+
+def test_ggn_operator_eigsh(make_problem):
+    net, X, y, rnet = make_problem("ce", hidden=(6, 5), activation="gelu", N=10)
+    D = net.num_params
+    op = pk.GGNOperator(net, X, y, "ce")
+    assert isinstance(op, spla.LinearOperator)
+    assert op.shape == (D, D)
+    G_ref = rnet.ggn(X, y, "ce")
+    v = np.random.default_rng(3).normal(size=D)
+    ref.assert_close(op @ v, G_ref @ v, 1e-12, "operator matvec")
+    ref.assert_close(op.matmat(np.eye(D)[:, :7]), G_ref[:, :7], 1e-12, "operator matmat")
+    top = np.sort(spla.eigsh(op, k=4, which="LA", tol=1e-12, v0=np.ones(D))[0])
+    ref.assert_close(top, np.linalg.eigvalsh(G_ref)[-4:], 1e-9, "eigsh top-4")
+
+
+# ---------------------------------------------------------------- diagonals
+@pytest.mark.parametrize("loss", ref.LOSSES)
+@pytest.mark.parametrize("act", ["tanh", "elu"])
+def test_diag_ggn_exact(make_problem, loss, act):
+    net, X, y, rnet = make_problem(loss, activation=act)
+    d = pk.diag_ggn(net, X, y, loss)
+    assert d.shape == (net.num_params,)
+    ref.assert_close(d, np.diag(rnet.ggn(X, y, loss)), 1e-12, "diag_ggn vs diag(reference ggn)")
+    ref.assert_close(d, np.diag(pk.ggn(net, X, y, loss)), 1e-12, "diag_ggn vs diag(pk.ggn)")
+
+
+@pytest.mark.parametrize("loss", ref.LOSSES)
+def test_empirical_fisher_diag(make_problem, loss):
+    net, X, y, rnet = make_problem(loss, activation="sigmoid", N=7)
+    d = pk.empirical_fisher_diag(net, X, y, loss)
+    per_sample = np.stack([pk.loss_and_grad(net, X[i:i + 1], y[i:i + 1], loss)[1] for i in range(7)])
+    ref.assert_close(d, np.sum(per_sample ** 2, axis=0), 1e-12, "empirical Fisher vs pk per-sample grads")
+    ref.assert_close(d, np.sum(rnet.per_sample_grads(X, y, loss) ** 2, axis=0), 1e-12,
+                     "empirical Fisher vs reference")
+
+
+@pytest.mark.parametrize("loss", ref.LOSSES)
+def test_diag_ggn_mc_converges(make_problem, loss):
+    """MC diagonal GGN: unbiased, error^2 ~ V / M with V = sum of the exact
+    single-draw variances (reference.mc_diag_stats enumerates the target
+    distribution for ce/bce; mse uses Var[(a^T eps)^2] = 2|a|^4). Averaged over
+    5 seeds the squared error must lie within [V/(3M), 3V/M]: a biased
+    estimator, a missing 1/M, or a non-random one fails."""
+    net, X, y, rnet = make_problem(loss, activation="tanh", N=6)
+    exact, var = rnet.mc_diag_stats(X, loss)
+    V = var.sum()
+    sq = np.sum(exact ** 2)
+    mean_err = {}
+    for M in (10, 100, 2000):
+        errs = [np.sum((pk.diag_ggn(net, X, y, loss, mc_samples=M, seed=s) - exact) ** 2)
+                for s in range(5)]
+        mean_err[M] = np.mean(errs)
+        assert mean_err[M] < 3.0 * V / M, (M, mean_err[M], V / M)
+        if M >= 100:
+            assert mean_err[M] > V / (3.0 * M), (M, mean_err[M], V / M)
+    assert mean_err[2000] < mean_err[100] < mean_err[10]
+    # relative error at 2000 samples: sqrt(3 V / 2000 / |d|^2), a few percent here
+    rel = np.sqrt(mean_err[2000] / sq)
+    assert rel < np.sqrt(3.0 * V / 2000 / sq) < 0.2
+
+
+def test_diag_ggn_mc_is_seeded(make_problem):
+    net, X, y, _ = make_problem("ce")
+    a = pk.diag_ggn(net, X, y, "ce", mc_samples=3, seed=42)
+    b = pk.diag_ggn(net, X, y, "ce", mc_samples=3, seed=42)
+    c = pk.diag_ggn(net, X, y, "ce", mc_samples=3, seed=43)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert np.all(a >= 0)
+
+
+# ---------------------------------------------------------------- dtypes, labels
+@pytest.mark.parametrize("loss", ref.LOSSES)
+def test_float32_agrees_with_float64(make_problem, loss):
+    net64, X, y, _ = make_problem(loss, activation="tanh", N=6)
+    net32 = pk.MLP(list(net64.sizes), activation="tanh", dtype=np.float32, seed=0)
+    net32.theta[:] = net64.theta.astype(np.float32)
+    net64.theta[:] = net32.theta.astype(np.float64)  # same (float32-representable) point
+    X32 = X.astype(np.float32)
+    y32 = y if loss == "ce" else y.astype(np.float32)
+    tol = 1e-4
+    l32, g32 = pk.loss_and_grad(net32, X32, y32, loss)
+    l64, g64 = pk.loss_and_grad(net64, X, y, loss)
+    assert l32 == pytest.approx(l64, rel=tol)
+    assert g32.dtype == np.float32
+    ref.assert_close(g32, g64, tol, "grad float32")
+    for name, fn in [("jacobian", lambda n, X_, y_: pk.jacobian(n, X_)),
+                     ("ggn", lambda n, X_, y_: pk.ggn(n, X_, y_, loss)),
+                     ("hessian", lambda n, X_, y_: pk.hessian(n, X_, y_, loss)),
+                     ("diag_ggn", lambda n, X_, y_: pk.diag_ggn(n, X_, y_, loss))]:
+        a, b = fn(net32, X32, y32), fn(net64, X, y)
+        assert a.dtype == np.float32, name
+        ref.assert_close(a, b, tol, f"{name} float32")
+
+
+def test_bce_accepts_pm1_labels(make_problem):
+    net, X, y01, _ = make_problem("bce", activation="tanh", N=8)
+    assert set(np.unique(y01)) == {0.0, 1.0}
+    ypm = 2.0 * y01 - 1.0
+    assert pk.loss(net, X, ypm, "bce") == pk.loss(net, X, y01, "bce")
+    np.testing.assert_array_equal(pk.loss_and_grad(net, X, ypm, "bce")[1],
+                                  pk.loss_and_grad(net, X, y01, "bce")[1])
+    np.testing.assert_array_equal(pk.hessian(net, X, ypm, "bce"), pk.hessian(net, X, y01, "bce"))
+    np.testing.assert_array_equal(pk.empirical_fisher_diag(net, X, ypm, "bce"),
+                                  pk.empirical_fisher_diag(net, X, y01, "bce"))
+    # and the labels matter: flipping them changes the loss
+    assert pk.loss(net, X, 1.0 - y01, "bce") != pytest.approx(pk.loss(net, X, y01, "bce"))

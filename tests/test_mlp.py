@@ -1,0 +1,155 @@
+"""pk.MLP: forward pass, theta layout and views, construction, dtypes.
+
+Every forward value is checked against tests/reference.py (float64 NumPy).
+"""
+import numpy as np
+import pytest
+
+import pykfac as pk
+import reference as ref
+
+HIDDEN = [(5,), (4, 6), (3, 4, 5)]
+
+
+@pytest.mark.parametrize("hidden", HIDDEN, ids=lambda h: "x".join(map(str, h)))
+@pytest.mark.parametrize("activation", ref.ACTIVATIONS)
+def test_forward_matches_reference(make_net, ref_of, activation, hidden):
+    sizes = [3, *hidden, 2]
+    net = make_net(sizes, activation, seed=len(hidden))
+    X = np.random.default_rng(7).normal(size=(9, 3)) * 2.0
+    out = net(X)
+    assert out.shape == (9, 2)
+    assert out.dtype == np.float64
+    rnet = ref_of(net)
+    assert rnet.activations == [activation] * len(hidden)
+    ref.assert_close(out, rnet(X), 1e-13, f"forward {activation}")
+
+
+def test_forward_single_layer_is_affine(make_net):
+    net = make_net([4, 3], "tanh", seed=3)
+    assert list(net.activations) == []
+    X = np.random.default_rng(0).normal(size=(5, 4))
+    W, b = np.array(net.layers[0].W), np.array(net.layers[0].b)
+    ref.assert_close(net(X), X @ W.T + b, 1e-14, "single layer")
+
+
+def test_mixed_activations(make_net, ref_of):
+    acts = ["relu", "gelu", "softplus"]
+    net = make_net([3, 4, 5, 4, 2], acts, seed=11)
+    assert list(net.activations) == acts
+    X = np.random.default_rng(1).normal(size=(6, 3))
+    rnet = ref_of(net)
+    assert rnet.activations == acts
+    ref.assert_close(net(X), rnet(X), 1e-13, "mixed activations")
+    # a permutation of the activations gives a different function
+    other = ref.RefMLP(rnet.params, ["gelu", "relu", "softplus"])
+    assert ref.max_rel_err(net(X), other(X)) > 1e-3
+
+
+def test_activation_kinks_match_pytorch_convention(make_net):
+    # relu'(0) = 0 is invisible in values; check the values at exactly 0 and
+    # the negative branches of relu / leaky_relu / elu through a 1-unit net.
+    for act, expect in [("relu", lambda s: np.maximum(s, 0)),
+                        ("leaky_relu", lambda s: np.where(s > 0, s, 0.01 * s)),
+                        ("elu", lambda s: np.where(s > 0, s, np.expm1(s)))]:
+        net = pk.MLP.from_params([(np.array([[1.0]]), np.array([0.0])),
+                                  (np.array([[1.0]]), np.array([0.0]))], activation=act)
+        s = np.array([[-2.0], [-0.5], [0.0], [0.5], [3.0]])
+        ref.assert_close(net(s), expect(s), 1e-15, act)
+
+
+def test_theta_layout_and_views(make_net):
+    sizes = [3, 5, 4, 2]
+    net = make_net(sizes, "tanh", seed=0)
+    D = sum(o * (i + 1) for i, o in zip(sizes[:-1], sizes[1:]))
+    assert net.num_params == D
+    assert net.theta.shape == (D,)
+    assert net.theta.dtype == np.float64
+    assert list(net.sizes) == sizes
+    assert len(net.layers) == 3
+    theta = net.theta
+    off = 0
+    for l, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        W, b = net.layers[l].W, net.layers[l].b
+        assert W.shape == (n_out, n_in) and b.shape == (n_out,)
+        np.testing.assert_array_equal(W, theta[off:off + n_out * n_in].reshape(n_out, n_in))
+        np.testing.assert_array_equal(b, theta[off + n_out * n_in:off + n_out * (n_in + 1)])
+        assert np.shares_memory(W, theta) and np.shares_memory(b, theta)
+        off += n_out * (n_in + 1)
+    assert off == D
+
+
+def test_writing_layer_views_changes_theta_and_output(make_net, ref_of):
+    net = make_net([3, 4, 2], "sigmoid", seed=2)
+    X = np.random.default_rng(3).normal(size=(5, 3))
+    before = net(X).copy()
+    theta_before = net.theta.copy()
+
+    net.layers[0].W[1, 2] += 0.75  # theta index 1 * 3 + 2 = 5
+    expected = theta_before.copy()
+    expected[5] += 0.75
+    np.testing.assert_array_equal(net.theta, expected)
+    after = net(X)
+    assert ref.max_rel_err(after, before) > 1e-3
+    ref.assert_close(after, ref_of(net)(X), 1e-13, "after writing W")
+
+    net.layers[1].b[:] = [1.5, -2.0]  # the last two entries of theta
+    np.testing.assert_array_equal(net.theta[-2:], [1.5, -2.0])
+    ref.assert_close(net(X), ref_of(net)(X), 1e-13, "after writing b")
+
+    net.theta[0] = -4.0  # and theta writes are seen by the layer views
+    assert net.layers[0].W[0, 0] == -4.0
+    ref.assert_close(net(X), ref_of(net)(X), 1e-13, "after writing theta")
+
+
+def test_from_params_round_trip(make_net):
+    net = make_net([3, 5, 4, 2], ["elu", "tanh"], seed=4)
+    params = [(np.array(layer.W), np.array(layer.b)) for layer in net.layers]
+    net2 = pk.MLP.from_params(params, activation=["elu", "tanh"])
+    assert list(net2.sizes) == [3, 5, 4, 2]
+    assert list(net2.activations) == ["elu", "tanh"]
+    assert net2.num_params == net.num_params
+    np.testing.assert_array_equal(net2.theta, net.theta)
+    for l in range(3):
+        np.testing.assert_array_equal(net2.layers[l].W, params[l][0])
+        np.testing.assert_array_equal(net2.layers[l].b, params[l][1])
+    X = np.random.default_rng(5).normal(size=(4, 3))
+    np.testing.assert_array_equal(net2(X), net(X))
+
+
+def test_from_params_matches_reference_directly():
+    rng = np.random.default_rng(6)
+    params = [(rng.normal(size=(4, 3)), rng.normal(size=4)),
+              (rng.normal(size=(2, 4)), rng.normal(size=2))]
+    net = pk.MLP.from_params(params, activation="gelu")
+    X = rng.normal(size=(7, 3))
+    ref.assert_close(net(X), ref.RefMLP(params, "gelu")(X), 1e-13, "from_params gelu")
+    ref.assert_close(net.theta, ref.RefMLP(params, "gelu").theta(), 0.0, "theta layout")
+
+
+def test_float32_model_outputs_float32(make_net, ref_of):
+    sizes = [3, 6, 2]
+    net = make_net(sizes, "tanh", seed=8, dtype=np.float32)
+    assert net.dtype == np.float32
+    assert net.theta.dtype == np.float32
+    assert net.layers[0].W.dtype == np.float32
+    X = np.random.default_rng(9).normal(size=(5, 3)).astype(np.float32)
+    out = net(X)
+    assert out.dtype == np.float32
+    assert out.shape == (5, 2)
+    # the float64 reference on the same (float32-representable) weights
+    ref.assert_close(out, ref_of(net)(X.astype(np.float64)), 1e-5, "float32 forward")
+
+
+def test_seed_is_reproducible():
+    a = pk.MLP([3, 4, 2], activation="relu", seed=123)
+    b = pk.MLP([3, 4, 2], activation="relu", seed=123)
+    c = pk.MLP([3, 4, 2], activation="relu", seed=124)
+    np.testing.assert_array_equal(a.theta, b.theta)
+    assert not np.array_equal(a.theta, c.theta)
+    assert np.all(np.isfinite(a.theta)) and np.any(a.theta != 0)
+
+
+def test_unknown_activation_raises():
+    with pytest.raises(ValueError):
+        pk.MLP([3, 4, 2], activation="swishy", seed=0)
