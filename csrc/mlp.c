@@ -210,7 +210,7 @@ int pk_diag_curvature(const pk_mlp_t *net, pk_fisher_t kind, pk_loss_t loss, int
 
 int pk_kfac_factors(const pk_mlp_t *net, pk_fisher_t kind, pk_loss_t loss, int64_t n,
                     const void *X, const void *y, int mc_samples, pk_rng_t *rng, void *const *A,
-                    void *const *G)
+                    void *const *G, void *const *A_cross, void *const *G_cross)
 {
     int rc = check_common(net, n, X);
     if (!rc) rc = check_loss(net, loss, n, y);
@@ -219,8 +219,13 @@ int pk_kfac_factors(const pk_mlp_t *net, pk_fisher_t kind, pk_loss_t loss, int64
     if (!A || !G) return PK_ERR_BAD_ARG;
     for (int l = 0; l < net->n_layers; l++)
         if (!A[l] || !G[l]) return PK_ERR_BAD_ARG;
-    return DISPATCH(kfac_factors_d(net, kind, loss, n, X, y, mc_samples, rng, (double *const *)A, (double *const *)G),
-                    kfac_factors_f(net, kind, loss, n, X, y, mc_samples, rng, (float *const *)A, (float *const *)G));
+    if ((A_cross == NULL) != (G_cross == NULL) || (A_cross && kind == PK_FISHER_KFRA)) return PK_ERR_BAD_ARG;
+    for (int l = 0; A_cross && l + 1 < net->n_layers; l++)
+        if (!A_cross[l] || !G_cross[l]) return PK_ERR_BAD_ARG;
+    return DISPATCH(kfac_factors_d(net, kind, loss, n, X, y, mc_samples, rng, (double *const *)A,
+                                   (double *const *)G, (double *const *)A_cross, (double *const *)G_cross),
+                    kfac_factors_f(net, kind, loss, n, X, y, mc_samples, rng, (float *const *)A,
+                                   (float *const *)G, (float *const *)A_cross, (float *const *)G_cross));
 }
 
 int pk_output_curvature(const pk_mlp_t *net, pk_loss_t loss, int64_t n, const void *X,

@@ -20,7 +20,8 @@
  * Common errors: PK_ERR_BAD_ARG (negative size, NULL pointer, unknown mode,
  * factored mode with damping < 0 or pi <= 0, non-finite scale/damping),
  * PK_ERR_DTYPE, PK_ERR_NOMEM, PK_ERR_TOO_LARGE (out*m or q*m above INT_MAX).
- * Scratch: about 2 p m values for the products, none for the log-det.
+ * Scratch: about 2 p m values for the products, none for the log-det; the
+ * products read all of V before writing R, so R may be V (in place).
  *
  * Example: one damped natural-gradient step for a 784 -> 512 layer.
  *

@@ -112,11 +112,15 @@ int pk_diag_curvature(const pk_mlp_t *net, pk_fisher_t kind, pk_loss_t loss, int
  *                                                          MC: averaged over mc_samples;
  *                                                          EMPIRICAL: true-label gradients;
  *                                                          KFRA: n * recursive average)
- * The caller divides A by the total number of samples. Only the lower triangle
- * is guaranteed before pk_symmetrize; this function symmetrises its output. */
+ * The caller divides A by the total number of samples. A and G are returned
+ * symmetric.
+ * Cross-layer statistics for the block-tridiagonal K-FAC (Martens & Grosse
+ * sec. 4.3), both NULL or both given with L - 1 entries (not for KFRA):
+ *   A_cross[l] ((sizes[l]+1) x (sizes[l+1]+1)) += sum_n abar_l abar_{l+1}^T
+ *   G_cross[l] (sizes[l+1] x sizes[l+2])       += sum_n g_l g_{l+1}^T (same scaling as G) */
 int pk_kfac_factors(const pk_mlp_t *net, pk_fisher_t kind, pk_loss_t loss, int64_t n,
                     const void *X, const void *y, int mc_samples, pk_rng_t *rng, void *const *A,
-                    void *const *G) PK_MUST_CHECK;
+                    void *const *G, void *const *A_cross, void *const *G_cross) PK_MUST_CHECK;
 
 /* Output-space pieces at the current parameters (n rows):
  * dloss (n x K) = dl/df; lam (n x K x K) = Lambda_n; sqrt_lam (n x K x K) with

@@ -293,7 +293,8 @@ static PyMethodDef base_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static PyMethodDef *method_tables[] = {base_methods, pk_mlp_methods, pk_kron_methods};
+static PyMethodDef *method_tables[] = {base_methods, pk_mlp_methods, pk_kron_methods,
+                                       pk_linalg_methods, pk_optim_methods};
 static PyMethodDef *all_methods = NULL;
 
 static struct PyModuleDef core_module = {

@@ -77,5 +77,7 @@ extern PyObject *pk_LinAlgError;
 /* Method tables of the topic files. */
 extern PyMethodDef pk_mlp_methods[];
 extern PyMethodDef pk_kron_methods[];
+extern PyMethodDef pk_linalg_methods[];
+extern PyMethodDef pk_optim_methods[];
 
 #endif

@@ -112,20 +112,32 @@ static int check_q(npy_intp q, const char *name)
     return -1;
 }
 
+/* PyErr_Format has no %g. */
+typedef struct {
+    char s[32];
+} num_str_t;
+
+static num_str_t num_str(double x)
+{
+    num_str_t r;
+    snprintf(r.s, sizeof r.s, "%g", x);
+    return r;
+}
+
 /* The scalars of the damped eigenvalues; the C core would only say BAD_ARG. */
 static int check_damping(double scale, double damping, int factored, double pi)
 {
     if (!isfinite(scale)) {
-        PyErr_Format(PyExc_ValueError, "scale: expected a finite number, got %g", scale);
+        PyErr_Format(PyExc_ValueError, "scale: expected a finite number, got %s", num_str(scale).s);
         return -1;
     }
     if (!isfinite(damping) || (factored && damping < 0.0)) {
-        PyErr_Format(PyExc_ValueError, "damping: expected a finite number%s, got %g",
-                     factored ? " >= 0 (factored damping takes its square root)" : "", damping);
+        PyErr_Format(PyExc_ValueError, "damping: expected a finite number%s, got %s",
+                     factored ? " >= 0 (factored damping takes its square root)" : "", num_str(damping).s);
         return -1;
     }
     if (factored && !(pi > 0.0 && isfinite(pi))) {
-        PyErr_Format(PyExc_ValueError, "pi: expected a finite number > 0, got %g", pi);
+        PyErr_Format(PyExc_ValueError, "pi: expected a finite number > 0, got %s", num_str(pi).s);
         return -1;
     }
     return 0;
@@ -210,7 +222,7 @@ static PyObject *py_kron_eig_apply(PyObject *self, PyObject *args, PyObject *kwd
     if (!(QA = arg_square(QAo, "QA", typenum, &q))) goto fail;
     if (!(V = arg_rhs(Vo, "V", typenum, out * q, &m))) goto fail;
     if (!(power == 1.0 || power == -1.0 || power == 0.5 || power == -0.5)) {
-        PyErr_Format(PyExc_ValueError, "power: expected 1, -1, 0.5 or -0.5, got %g", power);
+        PyErr_Format(PyExc_ValueError, "power: expected 1, -1, 0.5 or -0.5, got %s", num_str(power).s);
         goto fail;
     }
     if (check_damping(scale, damping, factored, pi)) goto fail;

@@ -316,47 +316,72 @@ static PyObject *py_diag_curvature(PyObject *self, PyObject *args)
     return (PyObject *)out;
 }
 
-/* kfac_factors(net, kind, X, y, loss, mc_samples, seed, A_list, G_list): adds
- * this batch's unnormalised factors into the caller's accumulators (fresh,
- * pykfac-owned arrays created by pykfac.kfac; checked here all the same). */
+/* Check an accumulator list (pykfac-owned arrays created by pykfac.kfac;
+ * checked all the same) and collect its data pointers. rows/cols[l] give the
+ * expected shape of entry l. 0 or -1 with ValueError. */
+static int accumulators(PyObject *list, const char *name, int count, const npy_intp *rows,
+                        const npy_intp *cols, int typenum, void **ptrs)
+{
+    if (!PyList_Check(list) || PyList_GET_SIZE(list) != count) {
+        PyErr_Format(PyExc_ValueError, "%s: expected a list of %d arrays", name, count);
+        return -1;
+    }
+    for (int l = 0; l < count; l++) {
+        PyObject *obj = PyList_GET_ITEM(list, l);
+        PyArrayObject *arr = (PyArrayObject *)obj;
+        if (!PyArray_Check(obj) || PyArray_TYPE(arr) != typenum || PyArray_NDIM(arr) != 2 ||
+            PyArray_DIM(arr, 0) != rows[l] || PyArray_DIM(arr, 1) != cols[l] ||
+            !PyArray_IS_C_CONTIGUOUS(arr) || !PyArray_ISWRITEABLE(arr)) {
+            PyErr_Format(PyExc_ValueError,
+                         "%s[%d]: expected a writable C-contiguous (%ld, %ld) array of the net's dtype",
+                         name, l, (long)rows[l], (long)cols[l]);
+            return -1;
+        }
+        ptrs[l] = PyArray_DATA(arr);
+    }
+    return 0;
+}
+
+/* kfac_factors(net, kind, X, y, loss, mc_samples, seed, A, G, A_cross, G_cross):
+ * adds this batch's unnormalised factors into the accumulator lists; A_cross
+ * and G_cross are None or lists of L - 1 cross-layer accumulators. */
 static PyObject *py_kfac_factors(PyObject *self, PyObject *args)
 {
-    PyObject *net, *X, *y, *loss, *seed, *Alist, *Glist;
+    PyObject *net, *X, *y, *loss, *seed, *Alist, *Glist, *Aclist, *Gclist;
     int kind, mc_samples;
-    if (!PyArg_ParseTuple(args, "OiOOOiOO!O!", &net, &kind, &X, &y, &loss, &mc_samples, &seed,
-                          &PyList_Type, &Alist, &PyList_Type, &Glist))
+    if (!PyArg_ParseTuple(args, "OiOOOiOOOOO", &net, &kind, &X, &y, &loss, &mc_samples, &seed,
+                          &Alist, &Glist, &Aclist, &Gclist))
         return NULL;
     if (parse_kind(kind, mc_samples, 1) < 0) return NULL;
+    int cross = Aclist != Py_None || Gclist != Py_None;
+    if (cross && kind == PK_FISHER_KFRA) {
+        PyErr_SetString(PyExc_ValueError, "kind: cross-layer factors are not defined for KFRA");
+        return NULL;
+    }
     pk_rng_t rng;
     if (pk_parse_seed(seed, &rng) < 0) return NULL;
     pk_common_args a;
     if (common_parse(net, X, y, loss, &a) < 0) return NULL;
     int L = a.net.net.n_layers;
-    void *A[64], *G[64];
-    if (PyList_GET_SIZE(Alist) != L || PyList_GET_SIZE(Glist) != L) {
-        PyErr_Format(PyExc_ValueError, "accumulators: expected %d factors per list", L);
+    void *A[64], *G[64], *Ac[64], *Gc[64];
+    npy_intp qa[64], qg[64], qa_next[64], qg_next[64];
+    for (int l = 0; l < L; l++) {
+        qa[l] = (npy_intp)a.net.sizes[l] + 1;
+        qg[l] = (npy_intp)a.net.sizes[l + 1];
+        qa_next[l] = l + 1 < L ? (npy_intp)a.net.sizes[l + 1] + 1 : 0;
+        qg_next[l] = l + 1 < L ? (npy_intp)a.net.sizes[l + 2] : 0;
+    }
+    if (accumulators(Alist, "A", L, qa, qa, a.net.typenum, A) < 0 ||
+        accumulators(Glist, "G", L, qg, qg, a.net.typenum, G) < 0 ||
+        (cross && (accumulators(Aclist, "A_cross", L - 1, qa, qa_next, a.net.typenum, Ac) < 0 ||
+                   accumulators(Gclist, "G_cross", L - 1, qg, qg_next, a.net.typenum, Gc) < 0))) {
         common_release(&a);
         return NULL;
     }
-    for (int l = 0; l < L; l++) {
-        PyObject *objs[2] = {PyList_GET_ITEM(Alist, l), PyList_GET_ITEM(Glist, l)};
-        npy_intp want[2] = {(npy_intp)a.net.sizes[l] + 1, (npy_intp)a.net.sizes[l + 1]};
-        for (int t = 0; t < 2; t++) {
-            PyArrayObject *arr = (PyArrayObject *)objs[t];
-            if (!PyArray_Check(objs[t]) || PyArray_TYPE(arr) != a.net.typenum || PyArray_NDIM(arr) != 2 ||
-                PyArray_DIM(arr, 0) != want[t] || PyArray_DIM(arr, 1) != want[t] ||
-                !PyArray_IS_C_CONTIGUOUS(arr) || !PyArray_ISWRITEABLE(arr)) {
-                PyErr_Format(PyExc_ValueError, "accumulator %s[%d]: expected a writable C-contiguous (%ld, %ld) array of the net's dtype",
-                             t ? "G" : "A", l, (long)want[t], (long)want[t]);
-                common_release(&a);
-                return NULL;
-            }
-            (t ? G : A)[l] = PyArray_DATA(arr);
-        }
-    }
     int rc;
     RUN_C(rc, pk_kfac_factors(&a.net.net, (pk_fisher_t)kind, a.loss, a.n, PyArray_DATA(a.X),
-                              PyArray_DATA(a.y), mc_samples, &rng, A, G));
+                              PyArray_DATA(a.y), mc_samples, &rng, A, G, cross ? Ac : NULL,
+                              cross ? Gc : NULL));
     common_release(&a);
     if (rc) return pk_raise(rc, NULL);
     Py_RETURN_NONE;
@@ -411,7 +436,7 @@ PyMethodDef pk_mlp_methods[] = {
     {"diag_curvature", py_diag_curvature, METH_VARARGS,
      "diag_curvature(net, kind, X, y, loss, mc_samples, seed) -> (D,); kind 0 exact, 1 MC, 2 empirical"},
     {"kfac_factors", py_kfac_factors, METH_VARARGS,
-     "kfac_factors(net, kind, X, y, loss, mc_samples, seed, A_list, G_list): accumulate factors"},
+     "kfac_factors(net, kind, X, y, loss, mc_samples, seed, A, G, A_cross, G_cross): accumulate factors"},
     {"output_curvature", py_output_curvature, METH_VARARGS,
      "output_curvature(net, X, y or None, loss) -> (dloss or None, Lambda (N,K,K), S (N,K,K))"},
     {NULL, NULL, 0, NULL},

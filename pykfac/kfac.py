@@ -71,7 +71,7 @@ def kfac(net, data, loss, kind="exact", mc_samples=1, seed=None, progress=False)
     n_total = 0
     for X, y in iter_batches(data, progress=progress, desc=f"kfac[{kind}]"):
         batch_seed = next(seeds) if seeds is not None else 0
-        _core.kfac_factors(net, code, X, y, loss, max(mc, 1), batch_seed, A, G)
+        _core.kfac_factors(net, code, X, y, loss, max(mc, 1), batch_seed, A, G, None, None)
         n_total += np.shape(X)[0]
     for a in A:
         a /= n_total

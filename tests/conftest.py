@@ -2,6 +2,10 @@
 
 pytest runs in importlib mode (the tests import the INSTALLED pykfac), so the
 tests directory is put on sys.path here to make ``import reference`` work.
+``python -m pytest`` run from the repository root puts the root first on
+sys.path, where the source package (without its compiled _core) would shadow
+the build named by PYTHONPATH (e.g. tools/devbuild.sh /tmp/x); the root is
+dropped from sys.path in that case only (an in-place build is left alone).
 pykfac itself is imported lazily inside the factories, so a broken build
 fails the tests that need it, not the collection of every test file.
 
@@ -16,6 +20,7 @@ Factories (each a fixture returning a function):
   net.layers[i].W / .b and net.activations;
 - ``make_problem(loss, hidden, activation, N, ...)``: (net, X, y, ref).
 """
+import glob
 import os
 import sys
 
@@ -25,6 +30,17 @@ import pytest
 _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
+
+
+def _unshadow_installed_pykfac():
+    root = os.path.realpath(os.path.dirname(_HERE))
+    if glob.glob(os.path.join(root, "pykfac", "_core*.so")) or glob.glob(
+            os.path.join(root, "pykfac", "_core*.pyd")):
+        return  # an in-place build: importing from the tree works
+    sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) != root]
+
+
+_unshadow_installed_pykfac()
 
 import reference  # noqa: E402
 

@@ -514,28 +514,47 @@ class RefMLP:
 
     def mc_kfac_G_stats(self, X, loss):
         """For MC K-FAC with one sampled target per datum: per layer (mean G_l,
-        total variance sum_n E||g g^T - E g g^T||_F^2). mse (g = B eps):
-        with C = B^T B the variance is (tr C)^2 + tr(C^2)."""
+        var (out_l, out_l)) with var[i, j] = sum_n Var[(g g^T)_ij]. mse (g = B eps,
+        eps ~ N(0, I)): with C = B B^T, Var[g_i g_j] = C_ii C_jj + C_ij^2."""
         X = np.asarray(X, dtype=np.float64)
         f = self.forward(X)
         out = []
         for l in range(self.n_layers):
             mean = np.zeros((self.sizes[l + 1], self.sizes[l + 1]))
-            var = 0.0
+            var = np.zeros_like(mean)
             for n in range(X.shape[0]):
                 B = self.output_to_preact(X[n], l)
                 if loss == "mse":
-                    C = B.T @ B
-                    mean += B @ B.T
-                    var += np.trace(C) ** 2 + np.trace(C @ C)
+                    C = B @ B.T
+                    mean += C
+                    var += np.outer(np.diag(C), np.diag(C)) + C * C
                     continue
                 probs, grads = output_grad_distribution(f[n], loss)
                 outer = [np.outer(B @ g, B @ g) for g in grads]
                 m = sum(p * o for p, o in zip(probs, outer))
                 mean += m
-                var += sum(p * np.sum(o * o) for p, o in zip(probs, outer)) - np.sum(m * m)
+                var += sum(p * o * o for p, o in zip(probs, outer)) - m * m
             out.append((mean, var))
         return out
+
+
+def mc_check(estimates, mean, var, M):
+    """Statistics of S independent M-sample Monte-Carlo estimates (S, *shape)
+    of `mean`, whose single-draw variance per entry is `var` (an M-sample
+    average has variance var / M). Returns (max |z|, ratio) with
+    z = (estimate - mean) / sqrt(var / M) over entries with var > 0, and
+    ratio = mean of z^2 (1 in expectation). Entries with var == 0 must be exact:
+    their largest error is folded into max |z| as +inf if it exceeds 1e-12 scale."""
+    estimates = np.asarray(estimates, dtype=np.float64)
+    mean = np.asarray(mean, dtype=np.float64)
+    var = np.asarray(var, dtype=np.float64)
+    live = var > 1e-24 * max(float(var.max()), 1e-300)
+    err = estimates - mean[None]
+    z = err[:, live] / np.sqrt(var[live] / M)[None]
+    zmax = float(np.max(np.abs(z)))
+    if np.any(~live) and np.max(np.abs(err[:, ~live])) > 1e-12 * np.abs(mean).max():
+        zmax = float("inf")
+    return zmax, float(np.mean(z * z))
 
 
 # --------------------------------------------------------------------------

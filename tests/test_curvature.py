@@ -234,27 +234,29 @@ def test_empirical_fisher_diag(make_problem, loss):
 
 @pytest.mark.parametrize("loss", ref.LOSSES)
 def test_diag_ggn_mc_converges(make_problem, loss):
-    """MC diagonal GGN: unbiased, error^2 ~ V / M with V = sum of the exact
-    single-draw variances (reference.mc_diag_stats enumerates the target
-    distribution for ce/bce; mse uses Var[(a^T eps)^2] = 2|a|^4). Averaged over
-    5 seeds the squared error must lie within [V/(3M), 3V/M]: a biased
-    estimator, a missing 1/M, or a non-random one fails."""
+    """MC diagonal GGN is an M-sample average of unbiased single-draw estimates
+    whose exact per-coordinate variance the reference knows
+    (reference.mc_diag_stats: enumerated targets for ce/bce, 2|a|^4 for mse).
+    Over S = 8 seeds: at M = 2000 every z-score |z| < 5.5 (CLT; P(fail) < 1e-4
+    for the 8 x D draws); for M in (100, 2000) the mean z^2 lies in [0.1, 4]
+    (even fully correlated coordinates give chi2_8/8, P(outside) < 1e-3);
+    the mean squared error falls with M. A bias, a missing 1/M, or a
+    non-random estimator fails."""
     net, X, y, rnet = make_problem(loss, activation="tanh", N=6)
     exact, var = rnet.mc_diag_stats(X, loss)
-    V = var.sum()
-    sq = np.sum(exact ** 2)
-    mean_err = {}
+    mse = {}
     for M in (10, 100, 2000):
-        errs = [np.sum((pk.diag_ggn(net, X, y, loss, mc_samples=M, seed=s) - exact) ** 2)
-                for s in range(5)]
-        mean_err[M] = np.mean(errs)
-        assert mean_err[M] < 3.0 * V / M, (M, mean_err[M], V / M)
+        est = np.stack([pk.diag_ggn(net, X, y, loss, mc_samples=M, seed=s) for s in range(8)])
+        zmax, ratio = ref.mc_check(est, exact, var, M)
+        mse[M] = np.mean(np.sum((est - exact) ** 2, axis=1))
         if M >= 100:
-            assert mean_err[M] > V / (3.0 * M), (M, mean_err[M], V / M)
-    assert mean_err[2000] < mean_err[100] < mean_err[10]
-    # relative error at 2000 samples: sqrt(3 V / 2000 / |d|^2), a few percent here
-    rel = np.sqrt(mean_err[2000] / sq)
-    assert rel < np.sqrt(3.0 * V / 2000 / sq) < 0.2
+            assert 0.1 < ratio < 4.0, (M, ratio)
+        if M == 2000:
+            assert zmax < 5.5, (M, zmax)
+    assert mse[2000] < mse[100] < mse[10]
+    # the relative error at 2000 samples is ~ sqrt(sum var / 2000) / |d|: a few percent here
+    rel = np.sqrt(mse[2000] / np.sum(exact ** 2))
+    assert rel < 2.0 * np.sqrt(var.sum() / 2000 / np.sum(exact ** 2)) < 0.2, rel
 
 
 def test_diag_ggn_mc_is_seeded(make_problem):

@@ -150,29 +150,34 @@ def test_empirical_kfac_vs_reference_and_fisher(make_problem):
 
 @pytest.mark.parametrize("loss", ref.LOSSES)
 def test_mc_kfac_converges_to_exact(make_problem, loss):
-    """A is deterministic; G_mc is unbiased for G_exact with squared Frobenius
-    error ~ V / M, V the exact single-draw variance (reference.mc_kfac_G_stats).
-    Averaged over 4 seeds it must lie within [V/(3M), 3V/M] for M >= 100."""
+    """A is deterministic. G_mc[l] averages M single-draw estimates of
+    sum_n g g^T, unbiased for KFLR's G[l], with exact per-entry variance from
+    reference.mc_kfac_G_stats. Over S = 8 seeds: at M = 2000 every |z| < 5.5;
+    for M in (100, 2000) the mean z^2 lies in [0.1, 4] (worst case chi2_8/8,
+    P(outside) < 1e-3); the squared error falls with M."""
     net, X, y, rnet = make_problem(loss, hidden=(4, 3), activation="tanh", N=6)
     stats = rnet.mc_kfac_G_stats(X, loss)
     exact = pk.kfac(net, (X, y), loss, kind="exact")
     for (mean, _), G in zip(stats, exact.G):
         ref.assert_close(G, mean, 1e-12, "reference MC mean is KFLR")
-    mean_err = {}
+    L = len(stats)
+    sq = {}
     for M in (10, 100, 2000):
-        errs = np.zeros(len(stats))
-        for s in range(4):
-            kf = pk.kfac(net, (X, y), loss, kind="mc", mc_samples=M, seed=s)
-            for l in range(len(stats)):
+        runs = [pk.kfac(net, (X, y), loss, kind="mc", mc_samples=M, seed=s) for s in range(8)]
+        for kf in runs:
+            for l in range(L):
                 ref.assert_close(kf.A[l], exact.A[l], 1e-13, f"MC A[{l}]")
-                errs[l] += np.sum((np.asarray(kf.G[l]) - stats[l][0]) ** 2) / 4
-        mean_err[M] = errs
-        for l, (_, V) in enumerate(stats):
-            assert errs[l] < 3.0 * V / M, (M, l, errs[l], V / M)
+        sq[M] = []
+        for l, (mean, var) in enumerate(stats):
+            est = np.stack([np.asarray(kf.G[l]) for kf in runs])
+            zmax, ratio = ref.mc_check(est, mean, var, M)
+            sq[M].append(np.mean(np.sum((est - mean) ** 2, axis=(1, 2))))
             if M >= 100:
-                assert errs[l] > V / (3.0 * M), (M, l, errs[l], V / M)
-    for l in range(len(stats)):
-        assert mean_err[2000][l] < mean_err[100][l] < mean_err[10][l]
+                assert 0.1 < ratio < 4.0, (M, l, ratio)
+            if M == 2000:
+                assert zmax < 5.5, (M, l, zmax)
+    for l in range(L):
+        assert sq[2000][l] < sq[100][l] < sq[10][l], l
 
 
 def test_mc_kfac_is_seeded(make_problem):

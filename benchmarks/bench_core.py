@@ -1,0 +1,632 @@
+#!/usr/bin/env python3
+"""Wall times and FLOP rates of pykfac's core MLP kernels, against the machine's
+GEMM rate and (when installed) the PyTorch peers.
+
+    python benchmarks/bench_core.py                      # full: N = 1024, 8192; float32, float64
+    python benchmarks/bench_core.py --quick              # a tiny smoke run (seconds)
+    python benchmarks/bench_core.py --sizes 1024 --dtypes float32 --no-peers --json out.json
+
+Network: MLP 784-512-512-10, tanh, softmax cross-entropy summed over the data;
+X standard normal, y uniform class labels; v standard normal for the GGN
+product. pykfac and every peer see the same weights and the same data.
+
+Timing: one warm-up call, then the median of --repeats calls (>= 5; >= 3 for
+rows whose warm-up took longer than --slow seconds). Before a peer is timed its
+warm-up result is checked against pykfac's (max |a - b| / max |b|, see
+``agreement``); a peer that disagrees is reported and not timed, and the script
+exits with status 1.
+
+FLOP counts (analytic; the minimal dense work of the standard algorithm).
+Layer l maps in_l -> out_l; K = out of the last layer; N samples;
+P = sum_l in_l * out_l (weights); P1 = the same sum over layers l >= 1 (the
+input gradients of layer 0 are never needed); syrk(n, k) = k * n * (n + 1)
+(the FLOPs of one SYRK C (n x n) += A A^T with A n x k). Bias additions,
+activations, softmax and other O(N * width) work are not counted.
+
+  fwd_bwd     forward 2NP + weight gradients 2NP + input gradients 2N*P1
+              = 4NP + 2N*P1
+  jacobian    forward 2NP + K backward passes 2NK*P1 + the outer products
+              g a^T written into J: NK*P   (N*K*D values: memory-bound, the
+              output alone is N*K*D*itemsize bytes; GB/s is also printed)
+  ggn_mv      forward 2NP + JVP (2NP + 2N*P1) + VJP (2NP + 2N*P1)
+              = 6NP + 4N*P1
+  kfac_exact  forward 2NP + A factors sum_l syrk(in_l + 1, N)
+              + K backward passes of the columns of S, 2NK*P1
+              + G factors sum_l syrk(out_l, N*K)
+  kfac_mc     as kfac_exact with S = mc_samples (1 here) sampled backward
+              passes instead of K: 2NP + sum_l syrk(in_l + 1, N) + 2NS*P1
+              + sum_l syrk(out_l, N*S)
+  diag_ggn    forward 2NP + K backward passes 2NK*P1 + the diagonal
+              sum_n (sum_k g_nk^2) (a_n^2)^T, one GEMM per layer, 2NP
+              = 4NP + 2NK*P1
+
+For 784-512-512-10 (P = 668,672, P1 = 267,264, K = 10) that is per sample:
+fwd_bwd 3.21 MFLOP, ggn_mv 5.08 MFLOP, kfac_exact 13.08 MFLOP, kfac_mc 3.84 MFLOP,
+diag_ggn 8.02 MFLOP; the jacobian 13.5 MFLOP.
+
+GEMM rate: a square n x n x n GEMM (--gemm-n, 4096) through pykfac's OWN
+OpenBLAS (ctypes on the library pykfac._core loaded; its cblas_?gemm), the
+reference for the %GEMM column; numpy's matmul (numpy ships a different
+OpenBLAS build) and torch's matmul (MKL in the CPU wheels) are printed too.
+"""
+import argparse
+import contextlib
+import ctypes
+import gc
+import io
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+KERNELS = ("fwd_bwd", "jacobian", "ggn_mv", "kfac_exact", "kfac_mc", "diag_ggn")
+LABEL = {"fwd_bwd": "fwd+bwd", "jacobian": "jacobian", "ggn_mv": "GGN matvec",
+         "kfac_exact": "K-FAC exact", "kfac_mc": "K-FAC MC", "diag_ggn": "diag GGN"}
+# tolerance of max|a - b| / max|b| per dtype when checking peers
+TOL = {"float32": 2e-3, "float64": 1e-8}
+KFAC_GEMM_GOAL = 0.5   # K-FAC factor build at >= 50% of the GEMM rate
+PEER_RATIO_GOAL = 2.0  # pykfac >= 2x faster than the fastest peer
+
+
+# ---------------------------------------------------------------------------
+# FLOP counts (see the module docstring)
+def syrk_flops(n, k):
+    return k * n * (n + 1)
+
+
+def flop_count(kernel, sizes, N, mc_samples=1):
+    ins, outs = sizes[:-1], sizes[1:]
+    K = sizes[-1]
+    P = sum(i * o for i, o in zip(ins, outs))
+    P1 = sum(i * o for i, o in zip(ins[1:], outs[1:]))
+    fwd = 2 * N * P
+    A = sum(syrk_flops(i + 1, N) for i in ins)
+    if kernel == "fwd_bwd":
+        return fwd + 2 * N * P + 2 * N * P1
+    if kernel == "jacobian":
+        return fwd + 2 * N * K * P1 + N * K * P
+    if kernel == "ggn_mv":
+        return 6 * N * P + 4 * N * P1
+    if kernel == "kfac_exact":
+        return fwd + A + 2 * N * K * P1 + sum(syrk_flops(o, N * K) for o in outs)
+    if kernel == "kfac_mc":
+        S = mc_samples
+        return fwd + A + 2 * N * S * P1 + sum(syrk_flops(o, N * S) for o in outs)
+    if kernel == "diag_ggn":
+        return 4 * N * P + 2 * N * K * P1
+    raise ValueError(kernel)
+
+
+# ---------------------------------------------------------------------------
+# timing
+def _settle():
+    """Let the other library's BLAS/OpenMP threads stop spinning (2 cores)."""
+    time.sleep(0.3)
+
+
+def timed(fn, repeats, slow, check=None):
+    """Warm-up once, optionally ``check(result)`` (may raise), then the median of
+    ``repeats`` calls (3 when the warm-up took longer than ``slow`` seconds).
+    Returns (median seconds, [all seconds], warm-up result)."""
+    _settle()
+    t0 = time.perf_counter()
+    res = fn()
+    t_warm = time.perf_counter() - t0
+    if check is not None:
+        check(res)
+    n = repeats if t_warm <= slow else min(repeats, 3)
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+        del out
+    return statistics.median(times), times, res
+
+
+def agreement(a, b):
+    """max |a - b| / max |b| (0 when both are zero)."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise AssertionError(f"shape {a.shape} != {b.shape}")
+    scale = np.abs(b).max() if b.size else 0.0
+    diff = np.abs(a - b).max() if b.size else 0.0
+    return float(diff / scale) if scale > 0 else float(diff)
+
+
+def kron_agreement(peer, ref):
+    """Max over layers and factors; the peer's A may be the in x in block."""
+    worst = 0.0
+    for (pa, pg), (ra, rg) in zip(peer, ref):
+        n = pa.shape[0]
+        worst = max(worst, agreement(pa, ra[:n, :n]), agreement(pg, rg))
+    if len(peer) != len(ref):
+        raise AssertionError(f"{len(peer)} layers != {len(ref)}")
+    return worst
+
+
+def compare(kernel, peer, ref):
+    if kernel == "fwd_bwd":
+        return max(agreement(peer[0], ref[0]), agreement(peer[1], ref[1]))
+    if kernel in ("kfac_exact", "kfac_mc"):
+        return kron_agreement(peer, ref)
+    return agreement(peer, ref)
+
+
+# ---------------------------------------------------------------------------
+# machine and BLAS
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "?"
+
+
+def cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    fl = line.split(":", 1)[1].split()
+                    return [x for x in ("avx2", "fma", "avx512f", "avx512_fp16", "amx_tile") if x in fl]
+    except OSError:
+        pass
+    return []
+
+
+def mem_gib():
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal"):
+                    return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return float("nan")
+
+
+class OwnBlas:
+    """cblas_?gemm of the OpenBLAS that pykfac._core loaded (via ctypes)."""
+
+    def __init__(self, libpath):
+        self.path = libpath
+        self.lib = ctypes.CDLL(libpath)  # the already-loaded instance (same path)
+        self.prefix = None
+        for prefix in ("scipy_", ""):
+            if hasattr(self.lib, prefix + "cblas_sgemm"):
+                self.prefix = prefix
+                break
+        if self.prefix is None:
+            raise OSError("no cblas_sgemm in " + libpath)
+        self.fn = {}
+        for t, c in (("float32", ctypes.c_float), ("float64", ctypes.c_double)):
+            f = getattr(self.lib, self.prefix + "cblas_" + ("s" if t == "float32" else "d") + "gemm")
+            P = ctypes.c_void_p
+            i = ctypes.c_int
+            f.argtypes = [i, i, i, i, i, i, c, P, i, P, i, c, P, i]
+            f.restype = None
+            self.fn[t] = f
+        self.num_threads = None
+        for name in (self.prefix + "openblas_get_num_threads", "openblas_get_num_threads"):
+            if hasattr(self.lib, name):
+                g = getattr(self.lib, name)
+                g.restype = ctypes.c_int
+                self.num_threads = g()
+                break
+
+    def gemm(self, dtype, A, B, C):
+        n, k = A.shape
+        m = B.shape[1]
+        # row-major, no transposes: C = A B
+        self.fn[dtype](101, 111, 111, n, m, k, 1.0, A.ctypes.data, k, B.ctypes.data, m, 0.0,
+                       C.ctypes.data, m)
+
+
+def gemm_rates(own, n, dtypes, repeats, with_torch):
+    """GFLOP/s of an n x n x n GEMM per library and dtype."""
+    rng = np.random.default_rng(1)
+    flops = 2.0 * n ** 3
+    out = {}
+    for dt in dtypes:
+        A = rng.standard_normal((n, n)).astype(dt)
+        B = rng.standard_normal((n, n)).astype(dt)
+        C = np.empty((n, n), dtype=dt)
+        row = {}
+        if own is not None:
+            t, _, _ = timed(lambda: own.gemm(dt, A, B, C), repeats, 1e9)
+            row["pykfac_openblas"] = flops / t / 1e9
+            ref = A[:64] @ B
+            if agreement(C[:64], ref) > TOL[dt]:
+                raise AssertionError("pykfac's cblas gemm (ctypes) gives a wrong product")
+        t, _, _ = timed(lambda: np.matmul(A, B, out=C), repeats, 1e9)
+        row["numpy"] = flops / t / 1e9
+        if with_torch:
+            import torch
+
+            tA, tB = torch.from_numpy(A), torch.from_numpy(B)
+            tC = torch.empty_like(tA)
+            t, _, _ = timed(lambda: torch.matmul(tA, tB, out=tC), repeats, 1e9)
+            row["torch"] = flops / t / 1e9
+        out[dt] = row
+        del A, B, C
+    return out
+
+
+def numpy_blas():
+    try:
+        cfg = np.show_config(mode="dicts")
+        b = cfg["Build Dependencies"]["blas"]
+        return f"{b.get('name', '?')} {b.get('version', '')}".strip()
+    except Exception:  # older numpy
+        return "?"
+
+
+def loaded_blas_libraries():
+    libs = set()
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                p = line.split()[-1]
+                if any(s in p.lower() for s in ("openblas", "libmkl", "libblas", "libgomp", "libiomp")):
+                    libs.add(p)
+    except OSError:
+        pass
+    return sorted(libs)
+
+
+# ---------------------------------------------------------------------------
+# the benchmark
+def fmt_s(t):
+    if t is None:
+        return "-"
+    return f"{t:.4f}" if t < 10 else f"{t:.2f}"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="tiny configuration for a smoke run")
+    ap.add_argument("--sizes", default=None, help="comma-separated N (default 1024,8192)")
+    ap.add_argument("--dtypes", default="float32,float64")
+    ap.add_argument("--net", default=None, help="widths, default 784,512,512,10")
+    ap.add_argument("--kernels", default=",".join(KERNELS), help="subset of " + ",".join(KERNELS))
+    ap.add_argument("--jac-n", type=int, default=None, help="N for the Jacobian row (default 32)")
+    ap.add_argument("--repeats", type=int, default=None, help="timed calls per fast row (default 7)")
+    ap.add_argument("--slow", type=float, default=2.0, help="rows slower than this (s) get 3 repeats")
+    ap.add_argument("--gemm-n", type=int, default=None, help="GEMM size (default 4096)")
+    ap.add_argument("--mc-check-samples", type=int, default=None,
+                    help="MC samples per datum for the statistical MC K-FAC check (default 64)")
+    ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--json", default=None, help="write all numbers to this file")
+    args = ap.parse_args(argv)
+
+    quick = args.quick
+    sizes_net = [int(s) for s in (args.net or ("100,64,64,10" if quick else "784,512,512,10")).split(",")]
+    Ns = [int(s) for s in (args.sizes or ("256" if quick else "1024,8192")).split(",")]
+    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    for d in dtypes:
+        if d not in ("float32", "float64"):
+            ap.error(f"--dtypes: expected float32 and/or float64, got {d!r}")
+    kernels = [k.strip() for k in args.kernels.split(",") if k.strip()]
+    for k in kernels:
+        if k not in KERNELS:
+            ap.error(f"--kernels: unknown kernel {k!r} (expected some of {', '.join(KERNELS)})")
+    jac_n = args.jac_n or (8 if quick else 32)
+    repeats = args.repeats or (3 if quick else 7)
+    gemm_n = args.gemm_n or (512 if quick else 4096)
+    mc_check_samples = args.mc_check_samples or (16 if quick else 64)
+    ncores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+    try:
+        import pykfac as pk
+    except ImportError as exc:
+        print(f"pykfac is not importable ({exc}); build it first: tools/devbuild.sh /tmp/x and "
+              "PYTHONPATH=/tmp/x/lib", file=sys.stderr)
+        return 2
+
+    # ---- peers
+    peers_on = not args.no_peers
+    peers_msg = "disabled (--no-peers)"
+    pp = None
+    if peers_on:
+        import _peers as pp
+
+        ok, why = pp.available()
+        if not ok:
+            peers_on = False
+            peers_msg = "skipped: " + why
+        else:
+            import torch
+
+            torch.set_num_threads(ncores)
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"(torch|backpack|curvlinops)")
+            warnings.filterwarnings("ignore", message=".*[Ff]ull backward hook.*")
+            peers_msg = "on"
+
+    # ---- machine
+    from pykfac import _core
+
+    binfo = _core.blas_info()
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        shown = pk.show_config()
+    pk_config = buf.getvalue().strip() or (str(shown) if shown is not None else "")
+    own = None
+    own_err = ""
+    try:
+        own = OwnBlas(binfo.get("library") or "")
+    except OSError as exc:
+        own_err = str(exc)
+
+    machine = {
+        "cpu": cpu_model(), "cores": ncores, "cpu_flags": cpu_flags(), "mem_gib": round(mem_gib(), 1),
+        "python": platform.python_version(), "numpy": np.__version__,
+        "pykfac_blas": binfo, "numpy_blas": numpy_blas(),
+    }
+    if peers_on:
+        machine["peers"] = pp.versions()
+    print("== machine")
+    print(f"cpu            {machine['cpu']}  ({ncores} cores usable; {' '.join(machine['cpu_flags'])}; "
+          f"{machine['mem_gib']:.0f} GiB)")
+    print(f"pykfac BLAS    {binfo.get('source')}; core {binfo.get('corename')}; "
+          f"{binfo.get('num_threads')} threads")
+    print(f"               config: {binfo.get('config')}")
+    print(f"               library: {binfo.get('library')}")
+    if pk_config:
+        for line in pk_config.splitlines():
+            print("  show_config> " + line)
+    print(f"numpy BLAS     {machine['numpy_blas']} (numpy {np.__version__}; a separate OpenBLAS build)")
+    if peers_on:
+        v = machine["peers"]
+        print(f"peers          torch {v['torch']} ({v['torch_blas']}, {v['torch_threads']} threads), "
+              f"curvlinops {v['curvlinops-for-pytorch']}, backpack {v['backpack-for-pytorch']}")
+    else:
+        print(f"peers          {peers_msg}")
+
+    # ---- GEMM rate
+    print(f"\n== GEMM rate (n = {gemm_n}, square, median of {repeats}; GFLOP/s)")
+    if own is None:
+        print(f"pykfac's own cblas_?gemm not reachable ({own_err}); using numpy's matmul as the reference")
+    gemm = gemm_rates(own, gemm_n, dtypes, repeats, peers_on)
+    for dt in dtypes:
+        r = gemm[dt]
+        parts = []
+        if "pykfac_openblas" in r:
+            parts.append(f"pykfac's OpenBLAS {r['pykfac_openblas']:7.1f}")
+        parts.append(f"numpy (OpenBLAS) {r['numpy']:7.1f}")
+        if "torch" in r:
+            parts.append(f"torch ({machine['peers']['torch_blas']}) {r['torch']:7.1f}")
+        print(f"{dt:8s} " + "   ".join(parts))
+    gemm_ref = {dt: gemm[dt].get("pykfac_openblas", gemm[dt]["numpy"]) for dt in dtypes}
+    gemm_ref_name = "pykfac's OpenBLAS" if own is not None else "numpy's OpenBLAS"
+    print(f"%GEMM below is relative to {gemm_ref_name} in the row's dtype.")
+
+    # ---- rows
+    rows = []
+    failures = []
+    K = sizes_net[-1]
+    rng = np.random.default_rng(0)
+    N_max = max(Ns + [jac_n])
+    X64 = rng.standard_normal((N_max, sizes_net[0]))
+    y_all = rng.integers(0, K, N_max).astype(np.int64)
+    print(f"\n== kernels: MLP {'-'.join(map(str, sizes_net))}, tanh, cross-entropy (sum); "
+          f"{repeats} timed calls per row after a warm-up (3 for rows over {args.slow:g} s)")
+
+    for dt in dtypes:
+        npdt = np.dtype(dt)
+        net = pk.MLP(sizes_net, activation="tanh", dtype=npdt.type, seed=0)
+        Ws = [np.asarray(layer.W) for layer in net.layers]
+        bs = [np.asarray(layer.b) for layer in net.layers]
+        D = int(np.asarray(net.theta).size)
+        v = np.random.default_rng(2).standard_normal(D).astype(npdt)
+        plan = []
+        if "jacobian" in kernels:
+            plan.append(("jacobian", jac_n))
+        for N in Ns:
+            plan += [(k, N) for k in kernels if k != "jacobian"]
+        problems = {}
+        for kernel, N in plan:
+            X = np.ascontiguousarray(X64[:N].astype(npdt))
+            y = y_all[:N]
+            calls = {
+                "fwd_bwd": lambda: pk.loss_and_grad(net, X, y, "ce"),
+                "jacobian": lambda: pk.jacobian(net, X),
+                "ggn_mv": lambda: pk.ggn_matvec(net, X, y, "ce", v),
+                "kfac_exact": lambda: pk.kfac(net, (X, y), "ce", kind="exact"),
+                "kfac_mc": lambda: pk.kfac(net, (X, y), "ce", kind="mc", mc_samples=1, seed=0),
+                "diag_ggn": lambda: pk.diag_ggn(net, X, y, "ce"),
+            }
+            t_pk, all_pk, res_pk = timed(calls[kernel], repeats, args.slow)
+            ref = to_reference(kernel, res_pk)
+            del res_pk
+            fl = flop_count(kernel, sizes_net, N)
+            row = {"kernel": kernel, "N": N, "dtype": dt, "seconds": t_pk, "all_seconds": all_pk,
+                   "flops": fl, "gflops": fl / t_pk / 1e9, "frac_gemm": fl / t_pk / 1e9 / gemm_ref[dt],
+                   "peers": []}
+            if kernel == "jacobian":
+                row["out_gbytes_per_s"] = N * K * D * npdt.itemsize / t_pk / 1e9
+            if peers_on:
+                if N not in problems:
+                    problems[N] = pp.Problem(Ws, bs, "tanh", X, y)
+                P = problems[N]
+                for name, make in pp.peers_for(kernel):
+                    entry = run_peer(kernel, name, make, P, v, ref, dt, repeats, args.slow)
+                    row["peers"].append(entry)
+                    if entry.get("error") or not entry["agrees"]:
+                        failures.append(f"{LABEL[kernel]} N={N} {dt}: {name}: "
+                                        + (entry.get("error") or f"differs by {entry['max_rel_diff']:.2e}"))
+                    gc.collect()
+                if kernel == "kfac_mc":
+                    row["mc_check"] = mc_check(pk, pp, net, Ws, bs, X, y, mc_check_samples, dt, failures)
+            timed_peers = [p for p in row["peers"] if p.get("seconds") is not None]
+            if timed_peers:
+                best = min(timed_peers, key=lambda p: p["seconds"])
+                row["fastest_peer"] = best["name"]
+                row["fastest_peer_seconds"] = best["seconds"]
+                row["ratio"] = best["seconds"] / t_pk
+            rows.append(row)
+            del ref
+            gc.collect()
+            print_row(row, header=len(rows) == 1)
+        problems.clear()
+        if peers_on and "ggn_mv" in kernels and dt == "float64":
+            mse_check(pk, pp, net, Ws, bs, X64[:64].astype(npdt), K, failures, machine)
+
+    print_summary(rows, peers_on, jac_n, failures)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine, "gemm_gflops": gemm, "gemm_reference": gemm_ref_name,
+                       "gemm_n": gemm_n, "net": sizes_net, "repeats": repeats, "rows": rows,
+                       "peer_failures": failures}, f, indent=1, default=float)
+        print(f"\nwrote {args.json}")
+    return 1 if failures else 0
+
+
+def to_reference(kernel, res):
+    """pykfac's result in the comparison format of _peers."""
+    if kernel == "fwd_bwd":
+        return float(res[0]), np.asarray(res[1])
+    if kernel in ("kfac_exact", "kfac_mc"):
+        return [(np.asarray(a), np.asarray(g)) for a, g in zip(res.A, res.G)]
+    return np.asarray(res)
+
+
+def run_peer(kernel, name, make, P, v, ref, dt, repeats, slow):
+    entry = {"name": name, "seconds": None}
+    try:
+        run, convert = make(P, v) if kernel == "ggn_mv" else make(P)
+        state = {}
+
+        def check(raw):
+            d = compare(kernel, convert(raw), ref)
+            state["diff"] = d
+            if not d <= TOL[dt]:
+                raise AssertionError(d)
+
+        try:
+            t, all_t, _ = timed(run, repeats, slow, check=check)
+            entry.update(seconds=t, all_seconds=all_t)
+        except AssertionError:
+            pass
+        entry["max_rel_diff"] = state.get("diff")
+        entry["agrees"] = state.get("diff") is not None and state["diff"] <= TOL[dt]
+    except Exception as exc:  # a peer that cannot run this problem
+        entry.update(error=f"{type(exc).__name__}: {exc}", agrees=False)
+    return entry
+
+
+def mc_check(pk, pp, net, Ws, bs, X, y, S, dt, failures):
+    """Statistical check of the MC K-FAC peers on the first 256 samples with S
+    draws per datum: A must agree exactly; G within the MC noise, measured by
+    pykfac's own MC-vs-exact distance."""
+    n = min(256, X.shape[0])
+    Xs, ys = X[:n], y[:n]
+    ref_mc = to_reference("kfac_mc", pk.kfac(net, (Xs, ys), "ce", kind="mc", mc_samples=S, seed=1))
+    ref_ex = to_reference("kfac_exact", pk.kfac(net, (Xs, ys), "ce", kind="exact"))
+    noise = max(agreement(g, ge) for (_, g), (_, ge) in zip(ref_mc, ref_ex))
+    P = pp.Problem(Ws, bs, "tanh", Xs, ys)
+    res = pp.mc_agreement(P, ref_mc, S, agreement)
+    out = {"n": n, "mc_samples": S, "pykfac_mc_vs_exact_G": noise, "peers": {}}
+    tolG = max(4 * noise, 0.05)
+    for name, (dA, dG) in res.items():
+        ok = dA <= TOL[dt] and dG <= tolG
+        out["peers"][name] = {"A": dA, "G": dG, "ok": ok}
+        if not ok:
+            failures.append(f"K-FAC MC {dt} statistical check: {name}: A {dA:.1e}, G {dG:.2f} (tol {tolG:.2f})")
+    return out
+
+
+def mse_check(pk, pp, net, Ws, bs, X, K, failures, machine):
+    """pykfac's 'mse' GGN product = curvlinops' MSELoss(sum) product / 2."""
+    Y = np.random.default_rng(3).standard_normal((X.shape[0], K)).astype(X.dtype)
+    v = np.random.default_rng(4).standard_normal(int(np.asarray(net.theta).size)).astype(X.dtype)
+    try:
+        mine = np.asarray(pk.ggn_matvec(net, X, Y, "mse", v))
+        theirs = pp.mse_ggn_matvec_check(Ws, bs, "tanh", X, Y, v)
+        d = agreement(theirs, mine)
+        d2 = agreement(2 * theirs, mine)
+        msg = f"MSE GGN matvec vs curvlinops MSELoss(sum)/2 (N={X.shape[0]}, {X.dtype}): {d:.1e} " \
+              f"(without the /2: {d2:.1e})"
+        machine["mse_check"] = {"diff": d, "diff_without_half": d2}
+        if not d <= TOL[str(X.dtype)]:
+            failures.append(msg)
+    except Exception as exc:
+        msg = f"MSE GGN check could not run: {type(exc).__name__}: {exc}"
+    print("   " + msg)
+
+
+HEAD = (f"{'kernel':12s} {'N':>5s} {'dtype':7s} {'pykfac s':>9s} {'GFLOP/s':>8s} {'%GEMM':>6s}  "
+        f"{'fastest peer':28s} {'peer s':>9s} {'peer/pk':>8s}  goal")
+
+
+def row_goal(row):
+    notes = []
+    if row["kernel"] in ("kfac_exact", "kfac_mc") and row["frac_gemm"] < KFAC_GEMM_GOAL:
+        notes.append("<50%GEMM")
+    if "ratio" in row and row["ratio"] < PEER_RATIO_GOAL:
+        notes.append("<2x")
+    if "ratio" not in row and row["kernel"] not in ("kfac_exact", "kfac_mc"):
+        return "-"
+    return "MISS " + ",".join(notes) if notes else "ok"
+
+
+def format_row(row):
+    N = f"{row['N']}" + ("*" if row["kernel"] == "jacobian" else "")
+    peer = row.get("fastest_peer", "-")
+    return (f"{LABEL[row['kernel']]:12s} {N:>5s} {row['dtype']:7s} {fmt_s(row['seconds']):>9s} "
+            f"{row['gflops']:8.1f} {100 * row['frac_gemm']:5.0f}%  {peer:28s} "
+            f"{fmt_s(row.get('fastest_peer_seconds')):>9s} "
+            f"{(format(row['ratio'], '.2f') + 'x') if 'ratio' in row else '-':>8s}  {row_goal(row)}")
+
+
+def print_row(row, header):
+    if header:
+        print(HEAD)
+    print(format_row(row), flush=True)
+    for p in row["peers"]:
+        if p.get("error"):
+            print(f"   peer {p['name']}: ERROR {p['error']}")
+        else:
+            flag = "agrees" if p["agrees"] else "DISAGREES (not timed)"
+            print(f"   peer {p['name']:28s} {fmt_s(p['seconds']):>9s} s   max rel diff {p['max_rel_diff']:.1e} {flag}")
+    if "mc_check" in row:
+        m = row["mc_check"]
+        for name, r in m["peers"].items():
+            print(f"   MC check ({m['n']} samples x {m['mc_samples']} draws) {name}: A diff {r['A']:.1e}, "
+                  f"G diff {r['G']:.3f} (pykfac MC vs exact {m['pykfac_mc_vs_exact_G']:.3f}) "
+                  f"{'ok' if r['ok'] else 'FAILED'}")
+    if "out_gbytes_per_s" in row:
+        print(f"   jacobian output written at {row['out_gbytes_per_s']:.2f} GB/s")
+
+
+def print_summary(rows, peers_on, jac_n, failures):
+    print("\n== summary")
+    print(HEAD)
+    for row in rows:
+        print(format_row(row))
+    print(f"* the Jacobian is N x K x D values, so its row uses N = {jac_n} whatever --sizes says.")
+    print("GFLOP/s from the analytic counts in the script's docstring; %GEMM = GFLOP/s / GEMM rate; "
+          "peer/pk > 1 means pykfac is faster.")
+    print(f"goals: K-FAC factors >= {100 * KFAC_GEMM_GOAL:.0f}% of GEMM; pykfac >= {PEER_RATIO_GOAL:g}x "
+          "faster than the fastest peer on every row.")
+    if failures:
+        print("\nPEER CHECK FAILURES:")
+        for f in failures:
+            print("  " + f)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
