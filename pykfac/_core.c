@@ -135,11 +135,19 @@ int pk_netarg_parse(PyObject *obj, pk_netarg_t *out)
     for (Py_ssize_t i = 0; i <= L; i++) {
         long long v = PyLong_AsLongLong(PyTuple_GET_ITEM(sizes, i));
         if (v == -1 && PyErr_Occurred()) goto out;
+        if (v < 1) {
+            PyErr_Format(PyExc_ValueError, "net: layer widths must be >= 1, got %lld at position %zd", v, i);
+            goto out;
+        }
         out->sizes[i] = v;
     }
     for (Py_ssize_t i = 0; i < L - 1; i++) {
         long v = PyLong_AsLong(PyTuple_GET_ITEM(acts, i));
         if (v == -1 && PyErr_Occurred()) goto out;
+        if (v < 0 || v >= PK_ACT_COUNT) {
+            PyErr_Format(PyExc_ValueError, "net: unknown activation code %ld for hidden layer %zd", v, i);
+            goto out;
+        }
         out->acts[i] = (pk_act_t)v;
     }
     out->typenum = PyArray_TYPE((PyArrayObject *)theta);

@@ -22,7 +22,8 @@
 
 /* Sets the Python exception for a C status code and returns NULL:
  * PK_ERR_NOMEM -> MemoryError; PK_ERR_NOT_PD / EIG_FAILED / SINGULAR ->
- * pykfac.LinAlgError; PK_ERR_DTYPE -> TypeError; everything else ValueError.
+ * pykfac.LinAlgError; PK_ERR_DTYPE -> TypeError; PK_ERR_BAD_ARG (a pykfac bug)
+ * -> RuntimeError; everything else ValueError.
  * `context` (may be NULL) prefixes the message, e.g. "layer 2". */
 PyObject *pk_raise(int code, const char *context);
 

@@ -5,12 +5,15 @@ __all__ = ["iter_batches", "seed_stream", "resolve_seed"]
 
 
 def _is_pair(data):
-    return isinstance(data, tuple) and len(data) == 2 and np.ndim(data[0]) == 2
+    # (X, y) -- as opposed to a tuple of (X, y) batches, whose items are pairs.
+    # X may be a nested list of rows; a batch inside a tuple of batches is a tuple.
+    return isinstance(data, tuple) and len(data) == 2 and not isinstance(data[0], tuple)
 
 
 def iter_batches(data, progress=False, desc=None):
-    """Yield (X, y) batches from ``data``: an ``(X, y)`` tuple (X 2-D) or an
-    iterable of such tuples. ``progress=True`` shows a tqdm bar."""
+    """Yield (X, y) batches from ``data``: an ``(X, y)`` tuple or an iterable
+    (list, generator, tuple of tuples) of such pairs. ``progress=True`` shows a
+    tqdm bar."""
     if _is_pair(data):
         batches = [data]
     elif isinstance(data, (str, bytes)) or not hasattr(data, "__iter__"):

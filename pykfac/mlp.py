@@ -106,7 +106,12 @@ class MLP:
 
     @staticmethod
     def _check_activations(activation, n_hidden):
-        acts = [activation] * n_hidden if isinstance(activation, str) else list(activation)
+        if isinstance(activation, str):
+            acts = [activation] * n_hidden
+        elif isinstance(activation, (list, tuple)):
+            acts = list(activation)
+        else:
+            raise TypeError(f"activation: expected a name or a list of names, got {type(activation).__name__}")
         if len(acts) != n_hidden:
             raise ValueError(f"activation: expected one name or {n_hidden} names (one per hidden layer), got {len(acts)}")
         for a in acts:

@@ -72,6 +72,29 @@ def test_loss_closed_forms():
     assert pk.loss(net1, X, np.array([1.0, 0.0]), "bce") == pytest.approx(expect, rel=1e-14)
 
 
+@pytest.mark.parametrize("loss", ref.LOSSES)
+def test_loss_per_sample(make_problem, loss):
+    net, X, y, rnet = make_problem(loss, activation="gelu", N=7)
+    per = pk.loss_per_sample(net, X, y, loss)
+    assert per.shape == (7,)
+    ref.assert_close(per, ref.loss_per_sample(rnet(X), y, loss), 1e-13, "per-sample losses")
+    assert np.sum(per) == pytest.approx(pk.loss(net, X, y, loss), rel=1e-13)
+
+
+@pytest.mark.parametrize("loss", ref.LOSSES)
+def test_output_curvature(make_problem, loss):
+    """dl/df, Lambda and the square root S (column convention of CONVENTIONS.md)."""
+    net, X, y, rnet = make_problem(loss, activation="tanh", N=5)
+    f = rnet(X)
+    oc = pk.output_curvature(net, X, loss, y=y)
+    K = f.shape[1]
+    assert oc.hessian.shape == (5, K, K) and oc.sqrt.shape == (5, K, K)
+    ref.assert_close(oc.grad, ref.loss_grad_output(f, y, loss), 1e-13, "dl/df")
+    ref.assert_close(oc.hessian, ref.loss_hessian_output(f, loss), 1e-13, "Lambda")
+    ref.assert_close(oc.sqrt, ref.loss_hessian_sqrt(f, loss), 1e-13, "S")
+    ref.assert_close(oc.sqrt @ oc.sqrt.transpose(0, 2, 1), oc.hessian, 1e-13, "S S^T = Lambda")
+
+
 # ---------------------------------------------------------------- Jacobian
 @pytest.mark.parametrize("act", ref.ACTIVATIONS)
 def test_jacobian(make_problem, act):
@@ -133,6 +156,16 @@ def test_residual_term(make_problem, act, loss):
     ref.assert_close(R, R_fd, 1e-6, "H - GGN vs FD residual")
     ref.assert_close(R, rnet.residual(X, y, loss), 1e-10, "H - GGN vs exact residual")
     assert np.abs(R).max() > 1e-3 * np.abs(rnet.ggn(X, y, loss)).max()  # the check is not vacuous
+
+
+@pytest.mark.parametrize("loss", ref.LOSSES)
+def test_residual_matvec(make_problem, loss):
+    net, X, y, rnet = make_problem(loss, activation="softplus", N=5)
+    D = net.num_params
+    V = np.random.default_rng(4).normal(size=(D, 3))
+    R = rnet.residual(X, y, loss)
+    ref.assert_close(pk.residual_matvec(net, X, y, loss, V), R @ V, 1e-10, "residual_matvec (D, m)")
+    ref.assert_close(pk.residual_matvec(net, X, y, loss, V[:, 0]), R @ V[:, 0], 1e-10, "residual_matvec (D,)")
 
 
 def test_hessian_vs_pure_finite_differences_of_loss_value(make_problem):
@@ -209,6 +242,20 @@ def test_ggn_operator_eigsh(make_problem):
     ref.assert_close(op.matmat(np.eye(D)[:, :7]), G_ref[:, :7], 1e-12, "operator matmat")
     top = np.sort(spla.eigsh(op, k=4, which="LA", tol=1e-12, v0=np.ones(D))[0])
     ref.assert_close(top, np.linalg.eigvalsh(G_ref)[-4:], 1e-9, "eigsh top-4")
+
+
+def test_hessian_operator_finds_negative_curvature(make_problem):
+    net, X, y, rnet = make_problem("ce", hidden=(4, 4), activation="tanh", N=3)
+    D = net.num_params
+    op = pk.HessianOperator(net, X, y, "ce")
+    assert isinstance(op, spla.LinearOperator) and op.shape == (D, D)
+    H_ref = rnet.hessian(X, y, "ce")
+    v = np.random.default_rng(5).normal(size=D)
+    ref.assert_close(op @ v, H_ref @ v, 1e-11, "HessianOperator matvec")
+    low = np.sort(spla.eigsh(op, k=2, which="SA", tol=1e-12, v0=np.ones(D))[0])
+    expect = np.linalg.eigvalsh(H_ref)[:2]
+    ref.assert_close(low, expect, 1e-8, "eigsh bottom-2")
+    assert low[0] < 0
 
 
 # ---------------------------------------------------------------- diagonals

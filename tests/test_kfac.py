@@ -198,3 +198,17 @@ def test_factors_are_symmetric_psd(make_problem, kind):
         M = np.asarray(M)
         ref.assert_close(M, M.T, 1e-15, "symmetric")
         assert np.linalg.eigvalsh(M).min() >= -1e-12 * np.abs(M).max()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_float32_factors_agree_with_float64(make_problem, kind):
+    net64, X, y, _ = make_problem("ce", hidden=(5, 4), activation="tanh", N=6)
+    net32 = pk.MLP(list(net64.sizes), activation="tanh", dtype=np.float32, seed=0)
+    net32.theta[:] = net64.theta.astype(np.float32)
+    net64.theta[:] = net32.theta.astype(np.float64)
+    k32 = pk.kfac(net32, (X.astype(np.float32), y), "ce", kind=kind)
+    k64 = pk.kfac(net64, (X, y), "ce", kind=kind)
+    for l in range(len(k64.A)):
+        assert np.asarray(k32.A[l]).dtype == np.float32 and np.asarray(k32.G[l]).dtype == np.float32
+        ref.assert_close(k32.A[l], k64.A[l], 1e-4, f"A[{l}] float32")
+        ref.assert_close(k32.G[l], k64.G[l], 1e-4, f"G[{l}] float32")
