@@ -62,7 +62,9 @@ BLAS = blas_config()
 
 sanitize = os.environ.get("PYKFAC_SANITIZE", "").strip()
 extra_compile = ["-std=c11", "-O3", "-Wall", "-Wextra", "-Wno-unused-parameter",
-                 "-Wno-missing-field-initializers", "-fno-math-errno"]
+                 "-Wno-missing-field-initializers", "-fno-math-errno",
+                 # selects in the activation kernels vectorise only without FP traps
+                 "-fno-trapping-math"]
 extra_link = []
 if sanitize:
     flags = ["-fsanitize=" + sanitize, "-fno-omit-frame-pointer", "-g"]

@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "act.h"
 #include "blas.h"
 #include "pk_mlp.h"
 #include "util.h"
