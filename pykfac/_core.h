@@ -72,6 +72,14 @@ PyArrayObject *pk_arg_labels(PyObject *y, pk_loss_t loss, npy_intp n, int64_t K,
 /* Seed a pk_rng_t from a Python int (any size; reduced mod 2**64). */
 int pk_parse_seed(PyObject *obj, pk_rng_t *rng);
 
+/* rc = call, with the GIL released around it. */
+#define PK_RUN_NOGIL(rc, call)   \
+    do {                         \
+        Py_BEGIN_ALLOW_THREADS;  \
+        rc = (call);             \
+        Py_END_ALLOW_THREADS;    \
+    } while (0)
+
 /* The pykfac.LinAlgError type (owned by the module). */
 extern PyObject *pk_LinAlgError;
 

@@ -52,12 +52,30 @@ static PyArrayObject *new_array(int nd, npy_intp *dims, int typenum)
     return (PyArrayObject *)PyArray_SimpleNew(nd, dims, typenum);
 }
 
-#define RUN_C(rc, call)          \
-    do {                         \
-        Py_BEGIN_ALLOW_THREADS;  \
-        rc = (call);             \
-        Py_END_ALLOW_THREADS;    \
-    } while (0)
+/* Release the arguments; return `out`, or NULL with the exception for rc. */
+static PyObject *finish(pk_common_args *a, PyArrayObject *out, int rc)
+{
+    common_release(a);
+    if (!out) return NULL;
+    if (rc) {
+        Py_DECREF(out);
+        return pk_raise(rc, NULL);
+    }
+    return (PyObject *)out;
+}
+
+/* A right-hand-side array with `ndim` dims and shape (-1 = any) whose LAST
+ * axis counts columns and must be non-empty. */
+static PyArrayObject *arg_columns(PyObject *obj, const char *name, int typenum, int ndim,
+                                  const npy_intp *shape)
+{
+    PyArrayObject *arr = pk_arg_array(obj, name, PK_ARG_REAL, typenum, ndim, shape, 1);
+    if (arr && PyArray_DIM(arr, ndim - 1) == 0) {
+        PyErr_Format(PyExc_ValueError, "%s: expected at least one column", name);
+        Py_CLEAR(arr);
+    }
+    return arr;
+}
 
 static PyObject *py_forward_impl(PyObject *args, int features)
 {
@@ -71,17 +89,11 @@ static PyObject *py_forward_impl(PyObject *args, int features)
     int rc = PK_OK;
     if (out) {
         if (features)
-            RUN_C(rc, pk_features(&a.net.net, a.n, PyArray_DATA(a.X), PyArray_DATA(out)));
+            PK_RUN_NOGIL(rc, pk_features(&a.net.net, a.n, PyArray_DATA(a.X), PyArray_DATA(out)));
         else
-            RUN_C(rc, pk_forward(&a.net.net, a.n, PyArray_DATA(a.X), PyArray_DATA(out)));
+            PK_RUN_NOGIL(rc, pk_forward(&a.net.net, a.n, PyArray_DATA(a.X), PyArray_DATA(out)));
     }
-    common_release(&a);
-    if (!out) return NULL;
-    if (rc) {
-        Py_DECREF(out);
-        return pk_raise(rc, NULL);
-    }
-    return (PyObject *)out;
+    return finish(&a, out, rc);
 }
 
 static PyObject *py_forward(PyObject *self, PyObject *args) { return py_forward_impl(args, 0); }
@@ -106,7 +118,7 @@ static PyObject *py_loss_grad(PyObject *self, PyObject *args)
     }
     double value = 0;
     int rc;
-    RUN_C(rc, pk_loss_grad(&a.net.net, a.loss, a.n, PyArray_DATA(a.X), PyArray_DATA(a.y), &value,
+    PK_RUN_NOGIL(rc, pk_loss_grad(&a.net.net, a.loss, a.n, PyArray_DATA(a.X), PyArray_DATA(a.y), &value,
                            grad ? PyArray_DATA(grad) : NULL));
     common_release(&a);
     if (rc) {
@@ -127,15 +139,9 @@ static PyObject *py_loss_per_sample(PyObject *self, PyObject *args)
     PyArrayObject *out = new_array(1, dims, NPY_FLOAT64);
     int rc = PK_OK;
     if (out)
-        RUN_C(rc, pk_loss_per_sample(&a.net.net, a.loss, a.n, PyArray_DATA(a.X), PyArray_DATA(a.y),
+        PK_RUN_NOGIL(rc, pk_loss_per_sample(&a.net.net, a.loss, a.n, PyArray_DATA(a.X), PyArray_DATA(a.y),
                                      PyArray_DATA(out)));
-    common_release(&a);
-    if (!out) return NULL;
-    if (rc) {
-        Py_DECREF(out);
-        return pk_raise(rc, NULL);
-    }
-    return (PyObject *)out;
+    return finish(&a, out, rc);
 }
 
 static PyObject *py_jacobian(PyObject *self, PyObject *args)
@@ -147,14 +153,8 @@ static PyObject *py_jacobian(PyObject *self, PyObject *args)
     npy_intp dims[3] = {a.n, (npy_intp)a.K, (npy_intp)a.net.num_params};
     PyArrayObject *out = new_array(3, dims, a.net.typenum);
     int rc = PK_OK;
-    if (out) RUN_C(rc, pk_jacobian(&a.net.net, a.n, PyArray_DATA(a.X), PyArray_DATA(out)));
-    common_release(&a);
-    if (!out) return NULL;
-    if (rc) {
-        Py_DECREF(out);
-        return pk_raise(rc, NULL);
-    }
-    return (PyObject *)out;
+    if (out) PK_RUN_NOGIL(rc, pk_jacobian(&a.net.net, a.n, PyArray_DATA(a.X), PyArray_DATA(out)));
+    return finish(&a, out, rc);
 }
 
 /* jvp(net, X, V (D, m)) -> (N, K, m) */
@@ -165,26 +165,18 @@ static PyObject *py_jvp(PyObject *self, PyObject *args)
     pk_common_args a;
     if (common_parse(net, X, NULL, NULL, &a) < 0) return NULL;
     npy_intp vshape[2] = {(npy_intp)a.net.num_params, -1};
-    PyArrayObject *V = pk_arg_array(Vobj, "v", PK_ARG_REAL, a.net.typenum, 2, vshape, 1);
+    PyArrayObject *V = arg_columns(Vobj, "v", a.net.typenum, 2, vshape);
     PyArrayObject *out = NULL;
     int rc = PK_OK;
-    if (V && PyArray_DIM(V, 1) == 0) {
-        PyErr_SetString(PyExc_ValueError, "v: expected at least one column");
-    } else if (V) {
+    if (V) {
         npy_intp m = PyArray_DIM(V, 1);
         npy_intp dims[3] = {a.n, (npy_intp)a.K, m};
         out = new_array(3, dims, a.net.typenum);
         if (out)
-            RUN_C(rc, pk_jvp(&a.net.net, a.n, PyArray_DATA(a.X), m, PyArray_DATA(V), PyArray_DATA(out)));
+            PK_RUN_NOGIL(rc, pk_jvp(&a.net.net, a.n, PyArray_DATA(a.X), m, PyArray_DATA(V), PyArray_DATA(out)));
     }
     Py_XDECREF(V);
-    common_release(&a);
-    if (!out) return NULL;
-    if (rc) {
-        Py_DECREF(out);
-        return pk_raise(rc, NULL);
-    }
-    return (PyObject *)out;
+    return finish(&a, out, rc);
 }
 
 /* vjp(net, X, U (N, K, m)) -> (D, m) */
@@ -195,26 +187,18 @@ static PyObject *py_vjp(PyObject *self, PyObject *args)
     pk_common_args a;
     if (common_parse(net, X, NULL, NULL, &a) < 0) return NULL;
     npy_intp ushape[3] = {a.n, (npy_intp)a.K, -1};
-    PyArrayObject *U = pk_arg_array(Uobj, "u", PK_ARG_REAL, a.net.typenum, 3, ushape, 1);
+    PyArrayObject *U = arg_columns(Uobj, "u", a.net.typenum, 3, ushape);
     PyArrayObject *out = NULL;
     int rc = PK_OK;
-    if (U && PyArray_DIM(U, 2) == 0) {
-        PyErr_SetString(PyExc_ValueError, "u: expected at least one column");
-    } else if (U) {
+    if (U) {
         npy_intp m = PyArray_DIM(U, 2);
         npy_intp dims[2] = {(npy_intp)a.net.num_params, m};
         out = new_array(2, dims, a.net.typenum);
         if (out)
-            RUN_C(rc, pk_vjp(&a.net.net, a.n, PyArray_DATA(a.X), m, PyArray_DATA(U), PyArray_DATA(out)));
+            PK_RUN_NOGIL(rc, pk_vjp(&a.net.net, a.n, PyArray_DATA(a.X), m, PyArray_DATA(U), PyArray_DATA(out)));
     }
     Py_XDECREF(U);
-    common_release(&a);
-    if (!out) return NULL;
-    if (rc) {
-        Py_DECREF(out);
-        return pk_raise(rc, NULL);
-    }
-    return (PyObject *)out;
+    return finish(&a, out, rc);
 }
 
 /* curvature_matvec(net, which, X, y, loss, V (D, m)) -> (D, m) */
@@ -226,27 +210,19 @@ static PyObject *py_curvature_matvec(PyObject *self, PyObject *args)
     pk_common_args a;
     if (common_parse(net, X, y, loss, &a) < 0) return NULL;
     npy_intp vshape[2] = {(npy_intp)a.net.num_params, -1};
-    PyArrayObject *V = pk_arg_array(Vobj, "V", PK_ARG_REAL, a.net.typenum, 2, vshape, 1);
+    PyArrayObject *V = arg_columns(Vobj, "V", a.net.typenum, 2, vshape);
     PyArrayObject *out = NULL;
     int rc = PK_OK;
-    if (V && PyArray_DIM(V, 1) == 0) {
-        PyErr_SetString(PyExc_ValueError, "V: expected at least one column");
-    } else if (V) {
+    if (V) {
         npy_intp m = PyArray_DIM(V, 1);
         npy_intp dims[2] = {(npy_intp)a.net.num_params, m};
         out = new_array(2, dims, a.net.typenum);
         if (out)
-            RUN_C(rc, pk_curvature_matvec(&a.net.net, (pk_curv_t)which, a.loss, a.n, PyArray_DATA(a.X),
+            PK_RUN_NOGIL(rc, pk_curvature_matvec(&a.net.net, (pk_curv_t)which, a.loss, a.n, PyArray_DATA(a.X),
                                           PyArray_DATA(a.y), m, PyArray_DATA(V), PyArray_DATA(out)));
     }
     Py_XDECREF(V);
-    common_release(&a);
-    if (!out) return NULL;
-    if (rc) {
-        Py_DECREF(out);
-        return pk_raise(rc, NULL);
-    }
-    return (PyObject *)out;
+    return finish(&a, out, rc);
 }
 
 static PyObject *py_dense_curvature(PyObject *args, int hessian)
@@ -261,17 +237,11 @@ static PyObject *py_dense_curvature(PyObject *args, int hessian)
     int rc = PK_OK;
     if (out) {
         if (hessian)
-            RUN_C(rc, pk_hessian(&a.net.net, a.loss, a.n, PyArray_DATA(a.X), PyArray_DATA(a.y), PyArray_DATA(out)));
+            PK_RUN_NOGIL(rc, pk_hessian(&a.net.net, a.loss, a.n, PyArray_DATA(a.X), PyArray_DATA(a.y), PyArray_DATA(out)));
         else
-            RUN_C(rc, pk_ggn(&a.net.net, a.loss, a.n, PyArray_DATA(a.X), PyArray_DATA(a.y), PyArray_DATA(out)));
+            PK_RUN_NOGIL(rc, pk_ggn(&a.net.net, a.loss, a.n, PyArray_DATA(a.X), PyArray_DATA(a.y), PyArray_DATA(out)));
     }
-    common_release(&a);
-    if (!out) return NULL;
-    if (rc) {
-        Py_DECREF(out);
-        return pk_raise(rc, NULL);
-    }
-    return (PyObject *)out;
+    return finish(&a, out, rc);
 }
 
 static PyObject *py_hessian(PyObject *self, PyObject *args) { return py_dense_curvature(args, 1); }
@@ -305,15 +275,9 @@ static PyObject *py_diag_curvature(PyObject *self, PyObject *args)
     PyArrayObject *out = (PyArrayObject *)PyArray_ZEROS(1, dims, a.net.typenum, 0);
     int rc = PK_OK;
     if (out)
-        RUN_C(rc, pk_diag_curvature(&a.net.net, (pk_fisher_t)kind, a.loss, a.n, PyArray_DATA(a.X),
+        PK_RUN_NOGIL(rc, pk_diag_curvature(&a.net.net, (pk_fisher_t)kind, a.loss, a.n, PyArray_DATA(a.X),
                                     PyArray_DATA(a.y), mc_samples, &rng, PyArray_DATA(out)));
-    common_release(&a);
-    if (!out) return NULL;
-    if (rc) {
-        Py_DECREF(out);
-        return pk_raise(rc, NULL);
-    }
-    return (PyObject *)out;
+    return finish(&a, out, rc);
 }
 
 /* Check an accumulator list (pykfac-owned arrays created by pykfac.kfac;
@@ -379,7 +343,7 @@ static PyObject *py_kfac_factors(PyObject *self, PyObject *args)
         return NULL;
     }
     int rc;
-    RUN_C(rc, pk_kfac_factors(&a.net.net, (pk_fisher_t)kind, a.loss, a.n, PyArray_DATA(a.X),
+    PK_RUN_NOGIL(rc, pk_kfac_factors(&a.net.net, (pk_fisher_t)kind, a.loss, a.n, PyArray_DATA(a.X),
                               PyArray_DATA(a.y), mc_samples, &rng, A, G, cross ? Ac : NULL,
                               cross ? Gc : NULL));
     common_release(&a);
@@ -400,7 +364,7 @@ static PyObject *py_output_curvature(PyObject *self, PyObject *args)
     PyArrayObject *S = new_array(3, d3, a.net.typenum);
     int rc = PK_OK;
     if ((a.y && !dl) || !lam || !S) goto fail;
-    RUN_C(rc, pk_output_curvature(&a.net.net, a.loss, a.n, PyArray_DATA(a.X),
+    PK_RUN_NOGIL(rc, pk_output_curvature(&a.net.net, a.loss, a.n, PyArray_DATA(a.X),
                                   a.y ? PyArray_DATA(a.y) : NULL, dl ? PyArray_DATA(dl) : NULL,
                                   PyArray_DATA(lam), PyArray_DATA(S)));
     if (rc) {
