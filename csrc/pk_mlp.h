@@ -65,7 +65,7 @@ int pk_forward(const pk_mlp_t *net, int64_t n, const void *X, void *out) PK_MUST
 /* Penultimate features: out (n x sizes[L-1]) = a_{L-1} (X itself if L == 1). */
 int pk_features(const pk_mlp_t *net, int64_t n, const void *X, void *out) PK_MUST_CHECK;
 
-/* *loss_out = sum_n loss_n (accumulated in double); grad (D, may be NULL) =
+/* *loss_out (may be NULL) = sum_n loss_n (accumulated in double); grad (D, may be NULL) =
  * dL/dtheta. Errors: PK_ERR_LABEL, PK_ERR_LOSS (BCE needs K = 1), PK_ERR_EMPTY. */
 int pk_loss_grad(const pk_mlp_t *net, pk_loss_t loss, int64_t n, const void *X, const void *y,
                  double *loss_out, void *grad) PK_MUST_CHECK;

@@ -231,7 +231,10 @@ PyArrayObject *pk_arg_labels(PyObject *y, pk_loss_t loss, npy_intp n, int64_t K,
     }
     if (loss == PK_LOSS_MSE) {
         npy_intp shape[2] = {n, (npy_intp)K};
-        return pk_arg_array(y, "y", PK_ARG_REAL, typenum, 2, shape, 1);
+        PyArrayObject *arr = pk_arg_array(y, "y", PK_ARG_REAL, typenum,
+                                          K == 1 && PyArray_Check(y) && PyArray_NDIM((PyArrayObject *)y) == 1 ? 1 : 2,
+                                          shape, 1);
+        return arr; /* with one output, (N,) targets are read as (N, 1) */
     }
     /* bce: (n,) or (n, 1), values in {0, 1} (or -1/+1) */
     PyObject *tmp = PyArray_FROM_O(y);

@@ -40,8 +40,8 @@ def resolve_seed(seed):
         return int(np.random.SeedSequence().entropy % (1 << 64))
     if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed: expected an int or None, got {type(seed).__name__}")
-    if seed < 0:
-        raise ValueError(f"seed: expected a non-negative int, got {seed}")
+    if seed < 0 or seed >= 1 << 64:
+        raise ValueError(f"seed: expected an int in [0, 2**64), got {seed}")
     return int(seed)
 
 

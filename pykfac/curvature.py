@@ -41,6 +41,7 @@ __all__ = [
 
 _GGN, _HESSIAN, _RESIDUAL = 0, 1, 2
 _EXACT, _MC, _EMPIRICAL = 0, 1, 2
+_MAX_MC = 2**31 - 1  # the C core counts samples in an int
 
 
 def _net(net):
@@ -104,6 +105,9 @@ def vjp(net, X, u):
     net = _net(net)
     U = np.asarray(u)
     if U.ndim == 2:
+        want = (np.shape(X)[0] if np.ndim(X) == 2 else None, net.n_outputs)
+        if want[0] is not None and U.shape != want:  # else the core reports X first
+            raise ValueError(f"u: expected shape (N, K) = {want} or (N, K, m), got {U.shape}")
         return _core.vjp(net, X, U[:, :, None])[:, 0]
     if U.ndim != 3:
         raise ValueError(f"u: expected shape (N, K) or (N, K, m), got {U.shape}")
@@ -155,8 +159,8 @@ def residual_matvec(net, X, y, loss, V):
 def _mc_samples(mc_samples):
     if isinstance(mc_samples, bool) or not isinstance(mc_samples, (int, np.integer)):
         raise TypeError(f"mc_samples: expected an int, got {type(mc_samples).__name__}")
-    if mc_samples < 0:
-        raise ValueError(f"mc_samples: expected >= 0, got {mc_samples}")
+    if mc_samples < 0 or mc_samples > _MAX_MC:
+        raise ValueError(f"mc_samples: expected 0 <= mc_samples <= {_MAX_MC}, got {mc_samples}")
     return int(mc_samples)
 
 

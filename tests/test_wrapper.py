@@ -60,6 +60,14 @@ def _kfac(kind, **kw):
     return call
 
 
+def _kron(method, *args, **kw):
+    def call(a):
+        kc = pk.kfac(a["net"], (a["X"], a["y"]), a["loss"])
+        return getattr(kc, method)(a["V"], *args, **kw)
+
+    return call
+
+
 def _kfac_batches(a):
     X, y = a["X"], a["y"]
     return pk.kfac(a["net"], [(X[:2], y[:2]), (X[2:], y[2:])], a["loss"]).to_dense()
@@ -71,49 +79,50 @@ def _kfac_generator(a):
                    kind="mc", mc_samples=2, seed=5).to_dense()
 
 
-# name -> (call(args), uses labels, vector argument: (key in args, public name) or None,
-#          extra option arguments it takes)
+# name -> (call(args), uses labels, vector argument: (key in args, public name
+# in error messages, None where scipy checks it) or None)
 FUNCS = {
-    "forward": (lambda a: a["net"](a["X"]), False, None, ()),
-    "features": (lambda a: a["net"].features(a["X"]), False, None, ()),
-    "jacobian": (lambda a: pk.jacobian(a["net"], a["X"]), False, None, ()),
-    "jvp": (lambda a: pk.jvp(a["net"], a["X"], a["V"]), False, ("V", "v"), ()),
-    "jvp_1d": (lambda a: pk.jvp(a["net"], a["X"], a["v"]), False, ("v", "v"), ()),
-    "vjp": (lambda a: pk.vjp(a["net"], a["X"], a["u"]), False, ("u", "u"), ()),
-    "vjp_2d": (lambda a: pk.vjp(a["net"], a["X"], a["u2"]), False, ("u2", "u"), ()),
-    "loss": (lambda a: pk.loss(a["net"], a["X"], a["y"], a["loss"]), True, None, ()),
-    "loss_and_grad": (lambda a: pk.loss_and_grad(a["net"], a["X"], a["y"], a["loss"]), True, None, ()),
-    "loss_per_sample": (lambda a: pk.loss_per_sample(a["net"], a["X"], a["y"], a["loss"]), True, None, ()),
-    "hessian": (lambda a: pk.hessian(a["net"], a["X"], a["y"], a["loss"]), True, None, ()),
-    "hvp": (lambda a: pk.hvp(a["net"], a["X"], a["y"], a["loss"], a["V"]), True, ("V", "V"), ()),
-    "hvp_1d": (lambda a: pk.hvp(a["net"], a["X"], a["y"], a["loss"], a["v"]), True, ("v", "V"), ()),
-    "ggn": (lambda a: pk.ggn(a["net"], a["X"], a["y"], a["loss"]), True, None, ()),
-    "ggn_matvec": (lambda a: pk.ggn_matvec(a["net"], a["X"], a["y"], a["loss"], a["V"]), True, ("V", "V"), ()),
+    "forward": (lambda a: a["net"](a["X"]), False, None),
+    "features": (lambda a: a["net"].features(a["X"]), False, None),
+    "jacobian": (lambda a: pk.jacobian(a["net"], a["X"]), False, None),
+    "jvp": (lambda a: pk.jvp(a["net"], a["X"], a["V"]), False, ("V", "v")),
+    "jvp_1d": (lambda a: pk.jvp(a["net"], a["X"], a["v"]), False, ("v", "v")),
+    "vjp": (lambda a: pk.vjp(a["net"], a["X"], a["u"]), False, ("u", "u")),
+    "vjp_2d": (lambda a: pk.vjp(a["net"], a["X"], a["u2"]), False, ("u2", "u")),
+    "loss": (lambda a: pk.loss(a["net"], a["X"], a["y"], a["loss"]), True, None),
+    "loss_and_grad": (lambda a: pk.loss_and_grad(a["net"], a["X"], a["y"], a["loss"]), True, None),
+    "loss_per_sample": (lambda a: pk.loss_per_sample(a["net"], a["X"], a["y"], a["loss"]), True, None),
+    "hessian": (lambda a: pk.hessian(a["net"], a["X"], a["y"], a["loss"]), True, None),
+    "hvp": (lambda a: pk.hvp(a["net"], a["X"], a["y"], a["loss"], a["V"]), True, ("V", "V")),
+    "hvp_1d": (lambda a: pk.hvp(a["net"], a["X"], a["y"], a["loss"], a["v"]), True, ("v", "V")),
+    "ggn": (lambda a: pk.ggn(a["net"], a["X"], a["y"], a["loss"]), True, None),
+    "ggn_matvec": (lambda a: pk.ggn_matvec(a["net"], a["X"], a["y"], a["loss"], a["V"]), True, ("V", "V")),
     "residual_matvec": (lambda a: pk.residual_matvec(a["net"], a["X"], a["y"], a["loss"], a["V"]), True,
-                        ("V", "V"), ()),
-    "diag_ggn": (lambda a: pk.diag_ggn(a["net"], a["X"], a["y"], a["loss"]), True, None, ()),
+                        ("V", "V")),
+    "diag_ggn": (lambda a: pk.diag_ggn(a["net"], a["X"], a["y"], a["loss"]), True, None),
     "diag_ggn_mc": (lambda a: pk.diag_ggn(a["net"], a["X"], a["y"], a["loss"], mc_samples=3, seed=11),
-                    True, None, ("mc_samples", "seed")),
+                    True, None),
     "empirical_fisher_diag": (lambda a: pk.empirical_fisher_diag(a["net"], a["X"], a["y"], a["loss"]),
-                              True, None, ()),
-    "output_curvature": (lambda a: pk.output_curvature(a["net"], a["X"], a["loss"], y=a["y"]), True, None, ()),
-    "kfac_exact": (_kfac("exact"), True, None, ("kind",)),
-    "kfac_mc": (_kfac("mc", mc_samples=2, seed=3), True, None, ("kind", "mc_samples", "seed")),
-    "kfac_empirical": (_kfac("empirical"), True, None, ("kind",)),
-    "kfac_kfra": (_kfac("kfra"), True, None, ("kind",)),
-    "kfac_batches": (_kfac_batches, True, None, ()),
-    "kfac_generator": (_kfac_generator, True, None, ()),
-    "GGNOperator": (lambda a: pk.GGNOperator(a["net"], a["X"], a["y"], a["loss"]) @ a["V"], True, ("V", None), ()),
+                              True, None),
+    "output_curvature": (lambda a: pk.output_curvature(a["net"], a["X"], a["loss"], y=a["y"]), True, None),
+    "kfac_exact": (_kfac("exact"), True, None),
+    "kfac_mc": (_kfac("mc", mc_samples=2, seed=3), True, None),
+    "kfac_empirical": (_kfac("empirical"), True, None),
+    "kfac_kfra": (_kfac("kfra"), True, None),
+    "kfac_batches": (_kfac_batches, True, None),
+    "kron_matvec": (_kron("matvec"), True, ("V", "V")),
+    "kron_solve": (_kron("solve", 0.1), True, ("V", "V")),
+    "kron_solve_factored": (_kron("solve", [0.1, 0.2], factored=True), True, ("V", "V")),
+    "kron_inverse_sqrt": (_kron("apply_power", -0.5, damping=0.3), True, ("V", "V")),
+    "kfac_generator": (_kfac_generator, True, None),
+    "GGNOperator": (lambda a: pk.GGNOperator(a["net"], a["X"], a["y"], a["loss"]) @ a["V"], True, ("V", None)),
     "HessianOperator": (lambda a: pk.HessianOperator(a["net"], a["X"], a["y"], a["loss"]).matvec(a["v"]),
-                        True, ("v", None), ()),
+                        True, ("v", None)),
 }
 # these slice X and y into batches themselves, so None and a longer y are
 # caught (or not) by their own slicing rather than by pykfac
 SLICING = ("kfac_batches", "kfac_generator")
-LABELLED = [f for f, spec in FUNCS.items() if spec[1]]
-UNLABELLED = [f for f, spec in FUNCS.items() if not spec[1]]
 WITH_VECTOR = [f for f, spec in FUNCS.items() if spec[2] is not None and spec[2][1] is not None]
-KFAC = [f for f in FUNCS if f.startswith("kfac")]
 
 
 def call(name, a):
@@ -286,6 +295,20 @@ BAD_OPTIONS = [
      TypeError, r"^seed\b"),
     ("data_not_iterable", lambda a: pk.kfac(a["net"], 3, a["loss"]), TypeError, r"^data\b"),
     ("data_empty", lambda a: pk.kfac(a["net"], [], a["loss"]), ValueError, r"^data\b"),
+    ("damping_negative", lambda a: pk.kfac(a["net"], (a["X"], a["y"]), a["loss"]).solve(a["V"], -0.1),
+     ValueError, r"^damping\b"),
+    ("damping_nan", lambda a: pk.kfac(a["net"], (a["X"], a["y"]), a["loss"]).solve(a["V"], float("nan")),
+     ValueError, r"^damping\b"),
+    ("damping_inf", lambda a: pk.kfac(a["net"], (a["X"], a["y"]), a["loss"]).solve(a["V"], np.inf),
+     ValueError, r"^damping\b"),
+    ("damping_str", lambda a: pk.kfac(a["net"], (a["X"], a["y"]), a["loss"]).solve(a["V"], "a"),
+     TypeError, r"^damping\b"),
+    ("damping_none", lambda a: pk.kfac(a["net"], (a["X"], a["y"]), a["loss"]).solve(a["V"], None),
+     TypeError, r"^damping\b"),
+    ("damping_wrong_count", lambda a: pk.kfac(a["net"], (a["X"], a["y"]), a["loss"]).solve(a["V"], [0.1] * 3),
+     ValueError, r"^damping\b"),
+    ("power_unknown", lambda a: pk.kfac(a["net"], (a["X"], a["y"]), a["loss"]).apply_power(a["V"], 2, 0.1),
+     ValueError, r"^power\b"),
     ("data_bad_batch", lambda a: pk.kfac(a["net"], [(a["X"], a["y"]), a["X"]], a["loss"]), TypeError, r"^data\b"),
 ]
 
@@ -345,6 +368,26 @@ def test_bad_option(bad, loss):
         fn(make_args(loss))
     check_still_works("kfac_mc", loss)
     check_still_works("diag_ggn_mc", loss)
+
+
+@pytest.mark.parametrize("loss", ["ce", "mse"])
+def test_singular_solve_raises_linalg_error(loss):
+    """Undamped K-FAC of a network whose last G factor is singular (ce: the
+    softmax Hessian annihilates the all-ones vector; mse: more outputs than
+    samples) cannot be inverted: pykfac.LinAlgError, a numpy LinAlgError."""
+    a = make_args(loss)
+    if loss == "mse":
+        a["net"] = pk.MLP([D_IN, HIDDEN, 8], seed=0)
+        a["X"], a["y"] = a["X"][:2], np.zeros((2, 8))
+        a["V"] = np.ones((a["net"].num_params, 2))
+    kc = pk.kfac(a["net"], (a["X"], a["y"]), loss)
+    for fn in (lambda: kc.solve(a["V"], 0.0), lambda: kc.apply_power(a["V"], -0.5), lambda: kc.logdet(0.0)):
+        with pytest.raises(np.linalg.LinAlgError) as info:
+            fn()
+        assert isinstance(info.value, pk.LinAlgError)
+        assert "damping" in str(info.value)
+    assert np.all(np.isfinite(kc.solve(a["V"], 1e-3)))
+    check_still_works("kron_solve", "ce")
 
 
 def test_bad_network_descriptions():
@@ -715,8 +758,11 @@ def test_no_memory_growth(name):
 ERR_NAMES = ["BAD_ARG", "NOMEM", "SHAPE", "NONFINITE", "LABEL", "NOT_PD", "EIG_FAILED", "SINGULAR",
              "TOO_LARGE", "EMPTY", "DTYPE", "LOSS"]
 CODES = {name: -(i + 1) for i, name in enumerate(ERR_NAMES)}
+# pykfac/_core.h: NOMEM -> MemoryError; NOT_PD, EIG_FAILED, SINGULAR ->
+# pykfac.LinAlgError; DTYPE -> TypeError; BAD_ARG (a pykfac bug, never the
+# user's) -> RuntimeError; everything else ValueError.
 EXPECTED_EXC = {"NOMEM": MemoryError, "NOT_PD": pk.LinAlgError, "EIG_FAILED": pk.LinAlgError,
-                "SINGULAR": pk.LinAlgError, "DTYPE": TypeError}
+                "SINGULAR": pk.LinAlgError, "DTYPE": TypeError, "BAD_ARG": RuntimeError}
 
 
 def test_error_code_range():

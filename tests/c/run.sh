@@ -112,15 +112,16 @@ for src in "$here"/test_*.c; do
     [ -e "$src" ] || continue
     name=$(basename "${src%.c}")
     exe="$build/$name"
-    if ! "$cc" "${cflags[@]}" "${blas_cflags[@]}" "${have[@]}" "$src" "${objs[@]}" \
-        "${ldflags[@]}" "${blas_libs[@]}" -lm -ldl -o "$exe"; then
+    # ${a[@]+"${a[@]}"}: an empty array under `set -u` on bash < 4.4 too
+    if ! "$cc" "${cflags[@]}" "${blas_cflags[@]}" ${have[@]+"${have[@]}"} "$src" "${objs[@]}" \
+        ${ldflags[@]+"${ldflags[@]}"} "${blas_libs[@]}" -lm -ldl -o "$exe"; then
         echo "run.sh: FAILED to build $name" >&2
         failed+=("$name (build)")
         continue
     fi
     ran=$((ran + 1))
     set +e
-    "${runner[@]}" "$exe"
+    ${runner[@]+"${runner[@]}"} "$exe"
     rc=$?
     set -e
     if [ $rc -ne 0 ]; then

@@ -551,7 +551,7 @@ static void test_linear_mse_closed_form(void)
     for (int t = 0; t < 3; t++) {
         double A[LQ * LQ] = {0}, Gf[LK * LK] = {0};
         void *Ap[1] = {A}, *Gp[1] = {Gf};
-        CHECK_INT_EQ(pk_kfac_factors(&net, kinds[t], PK_LOSS_MSE, LN, lin_X, lin_Y, 1, NULL, Ap, Gp), PK_OK);
+        CHECK_INT_EQ(pk_kfac_factors(&net, kinds[t], PK_LOSS_MSE, LN, lin_X, lin_Y, 1, NULL, Ap, Gp, NULL, NULL), PK_OK);
         CHECK_ALLCLOSE(A, wantA, LQ * LQ, 1e-14, 1e-14);
         CHECK_ALLCLOSE(Gf, kinds[t] == PK_FISHER_EMPIRICAL ? wantGe : wantGn, LK * LK, 1e-13, 1e-13);
     }
@@ -619,7 +619,7 @@ static void test_bce_tiny(void)
     for (int t = 0; t < 2; t++) {
         double A0[4] = {0}, A1[4] = {0}, G0[1] = {0}, G1[1] = {0};
         void *Ap[2] = {A0, A1}, *Gp[2] = {G0, G1};
-        CHECK_INT_EQ(pk_kfac_factors(&net, kinds[t], PK_LOSS_BCE, 1, &x, &y1, 1, NULL, Ap, Gp), PK_OK);
+        CHECK_INT_EQ(pk_kfac_factors(&net, kinds[t], PK_LOSS_BCE, 1, &x, &y1, 1, NULL, Ap, Gp, NULL, NULL), PK_OK);
         const double wantA0[4] = {x * x, x, x, 1}, wantA1[4] = {h * h, h, h, 1};
         CHECK_ALLCLOSE(A0, wantA0, 4, 1e-14, 1e-15);
         CHECK_ALLCLOSE(A1, wantA1, 4, 1e-14, 1e-15);
@@ -649,28 +649,29 @@ static void test_empty_batch(void)
     void *Ap[2] = {A0, A1}, *Gp[2] = {G0, G1};
     pk_rng_t rng;
     pk_rng_seed(&rng, 0);
+    /* every kernel rejects an empty batch with PK_ERR_EMPTY (the Python layer
+     * raises ValueError for N = 0 everywhere), and a negative n with some error */
     for (int64_t n = 0; n >= -1; n--) {
-        /* loss_grad documents PK_ERR_EMPTY; negative n is never accepted */
-        int rc = pk_loss_grad(&net, PK_LOSS_MSE, n, X, Y, &loss, out);
-        if (n == 0) CHECK_INT_EQ(rc, PK_ERR_EMPTY);
-        else CHECK(rc < 0);
-        rc = pk_loss_grad(&net, PK_LOSS_CE, n, X, labels, &loss, NULL);
-        if (n == 0) CHECK_INT_EQ(rc, PK_ERR_EMPTY);
-        else CHECK(rc < 0);
-        /* the curvature sums need data too */
-        CHECK(pk_curvature_matvec(&net, PK_CURV_GGN, PK_LOSS_MSE, n, X, Y, 1, V, out) < 0);
-        CHECK(pk_hessian(&net, PK_LOSS_CE, n, X, labels, out) < 0);
-        CHECK(pk_ggn(&net, PK_LOSS_CE, n, X, labels, out) < 0);
-        CHECK(pk_diag_curvature(&net, PK_FISHER_MC, PK_LOSS_CE, n, X, labels, 1, &rng, out) < 0);
-        CHECK(pk_kfac_factors(&net, PK_FISHER_EXACT, PK_LOSS_CE, n, X, labels, 1, NULL, Ap, Gp) < 0);
-        /* outputs without a sum may accept n = 0 (nothing to do) but must
-         * not crash, and never accept n < 0 */
-        rc = pk_forward(&net, n, X, out);
-        CHECK(n == 0 ? (rc == PK_OK || rc == PK_ERR_EMPTY) : rc < 0);
-        rc = pk_loss_per_sample(&net, PK_LOSS_MSE, n, X, Y, out);
-        CHECK(n == 0 ? (rc == PK_OK || rc == PK_ERR_EMPTY) : rc < 0);
-        rc = pk_jacobian(&net, n, X, out);
-        CHECK(n == 0 ? (rc == PK_OK || rc == PK_ERR_EMPTY) : rc < 0);
+        int rc[11];
+        rc[0] = pk_loss_grad(&net, PK_LOSS_MSE, n, X, Y, &loss, out);
+        rc[1] = pk_loss_grad(&net, PK_LOSS_CE, n, X, labels, &loss, NULL);
+        rc[2] = pk_curvature_matvec(&net, PK_CURV_GGN, PK_LOSS_MSE, n, X, Y, 1, V, out);
+        rc[3] = pk_hessian(&net, PK_LOSS_CE, n, X, labels, out);
+        rc[4] = pk_ggn(&net, PK_LOSS_CE, n, X, labels, out);
+        rc[5] = pk_diag_curvature(&net, PK_FISHER_MC, PK_LOSS_CE, n, X, labels, 1, &rng, out);
+        rc[6] = pk_kfac_factors(&net, PK_FISHER_EXACT, PK_LOSS_CE, n, X, labels, 1, NULL, Ap, Gp, NULL, NULL);
+        rc[7] = pk_forward(&net, n, X, out);
+        rc[8] = pk_loss_per_sample(&net, PK_LOSS_MSE, n, X, Y, out);
+        rc[9] = pk_jacobian(&net, n, X, out);
+        rc[10] = pk_output_curvature(&net, PK_LOSS_CE, n, X, labels, out, NULL, NULL);
+        for (int k = 0; k < 11; k++) {
+            if (n == 0 && rc[k] != PK_ERR_EMPTY) {
+                char what[80];
+                snprintf(what, sizeof what, "kernel #%d returned %d for n = 0, not PK_ERR_EMPTY", k, rc[k]);
+                pk_test_fail(__FILE__, __LINE__, what);
+            }
+            if (n < 0) CHECK(rc[k] < 0);
+        }
     }
     /* the K-FAC accumulators were left alone */
     double zeros[16] = {0};
@@ -708,9 +709,9 @@ static void test_bad_arguments(void)
     CHECK(pk_diag_curvature(&net, PK_FISHER_MC, PK_LOSS_CE, 2, X, labels, -1, &rng, out) < 0);
     double A[9] = {0}, G[9] = {0};
     void *Ap[1] = {A}, *Gp[1] = {G};
-    CHECK(pk_kfac_factors(&net, PK_FISHER_MC, PK_LOSS_CE, 2, X, labels, 1, NULL, Ap, Gp) < 0);
-    CHECK(pk_kfac_factors(&net, PK_FISHER_MC, PK_LOSS_CE, 2, X, labels, -1, &rng, Ap, Gp) < 0);
-    CHECK(pk_kfac_factors(&net, PK_FISHER_EXACT, PK_LOSS_CE, 2, X, labels, 1, NULL, NULL, Gp) < 0);
+    CHECK(pk_kfac_factors(&net, PK_FISHER_MC, PK_LOSS_CE, 2, X, labels, 1, NULL, Ap, Gp, NULL, NULL) < 0);
+    CHECK(pk_kfac_factors(&net, PK_FISHER_MC, PK_LOSS_CE, 2, X, labels, -1, &rng, Ap, Gp, NULL, NULL) < 0);
+    CHECK(pk_kfac_factors(&net, PK_FISHER_EXACT, PK_LOSS_CE, 2, X, labels, 1, NULL, NULL, Gp, NULL, NULL) < 0);
 }
 
 static void test_labels_out_of_range(void)
@@ -733,7 +734,7 @@ static void test_labels_out_of_range(void)
         CHECK_INT_EQ(pk_curvature_matvec(&net, PK_CURV_HESSIAN, PK_LOSS_CE, 2, X, labels, 1, theta, out), PK_ERR_LABEL);
         double A0[9] = {0}, A1[16] = {0}, G0[9] = {0}, G1[9] = {0};
         void *Ap[2] = {A0, A1}, *Gp[2] = {G0, G1};
-        CHECK_INT_EQ(pk_kfac_factors(&net, PK_FISHER_EMPIRICAL, PK_LOSS_CE, 2, X, labels, 1, NULL, Ap, Gp), PK_ERR_LABEL);
+        CHECK_INT_EQ(pk_kfac_factors(&net, PK_FISHER_EMPIRICAL, PK_LOSS_CE, 2, X, labels, 1, NULL, Ap, Gp, NULL, NULL), PK_ERR_LABEL);
     }
     /* bce: labels are 0/1 (and -1 read as 0) */
     static const int64_t s1[3] = {2, 3, 1};
@@ -1009,7 +1010,7 @@ static void check_kfac_blocks(const testnet_t *t, pk_fisher_t kind, pk_loss_t lo
     }
     double *GGN = dalloc(D * D);
     CHECK_INT_EQ(pk_ggn(&t->net, loss, n, X, y, GGN), PK_OK);
-    CHECK_INT_EQ(pk_kfac_factors(&t->net, kind, loss, n, X, y, 1, NULL, (void *const *)A, (void *const *)G), PK_OK);
+    CHECK_INT_EQ(pk_kfac_factors(&t->net, kind, loss, n, X, y, 1, NULL, (void *const *)A, (void *const *)G, NULL, NULL), PK_OK);
     for (int l = 0; l < L; l++) {
         long out = t->sizes[l + 1], in = t->sizes[l], p = out * (in + 1);
         double *B = dalloc(p * p), *blk = dalloc(p * p);
@@ -1060,8 +1061,8 @@ static void test_kfac_accumulates_and_scales(void)
         double A1[3][16] = {{0}}, G1[3][9] = {{0}}, A5[3][16] = {{0}}, G5[3][9] = {{0}};
         void *a1[3] = {A1[0], A1[1], A1[2]}, *g1[3] = {G1[0], G1[1], G1[2]};
         void *a5[3] = {A5[0], A5[1], A5[2]}, *g5[3] = {G5[0], G5[1], G5[2]};
-        CHECK_INT_EQ(pk_kfac_factors(&t.net, kinds[k], PK_LOSS_CE, 1, X, labels, 1, NULL, a1, g1), PK_OK);
-        CHECK_INT_EQ(pk_kfac_factors(&t.net, kinds[k], PK_LOSS_CE, 5, X, labels, 1, NULL, a5, g5), PK_OK);
+        CHECK_INT_EQ(pk_kfac_factors(&t.net, kinds[k], PK_LOSS_CE, 1, X, labels, 1, NULL, a1, g1, NULL, NULL), PK_OK);
+        CHECK_INT_EQ(pk_kfac_factors(&t.net, kinds[k], PK_LOSS_CE, 5, X, labels, 1, NULL, a5, g5, NULL, NULL), PK_OK);
         for (int l = 0; l < 3; l++) {
             long q = t.sizes[l] + 1, o = t.sizes[l + 1];
             double want[16];
@@ -1072,7 +1073,7 @@ static void test_kfac_accumulates_and_scales(void)
         }
         /* batches add up: a second call with the 1-datum batch four more times */
         for (int rep = 0; rep < 4; rep++)
-            CHECK_INT_EQ(pk_kfac_factors(&t.net, kinds[k], PK_LOSS_CE, 1, X, labels, 1, NULL, a1, g1), PK_OK);
+            CHECK_INT_EQ(pk_kfac_factors(&t.net, kinds[k], PK_LOSS_CE, 1, X, labels, 1, NULL, a1, g1, NULL, NULL), PK_OK);
         for (int l = 0; l < 3; l++) {
             long q = t.sizes[l] + 1, o = t.sizes[l + 1];
             CHECK_ALLCLOSE(A1[l], A5[l], q * q, 1e-12, 1e-14);
@@ -1087,6 +1088,121 @@ static void test_kfac_accumulates_and_scales(void)
         }
     }
     free(t.theta);
+}
+
+/* G[l] and the cross-layer G_cross[l] are second moments of the pre-activation
+ * gradients g_l, which are also the BIAS gradients: for EXACT they are the
+ * bias-bias blocks of the dense GGN, for EMPIRICAL sums of products of
+ * per-sample bias gradients. A[l] and A_cross[l] are second moments of the
+ * layer inputs abar_l = [a_l; 1], read off pk_features of truncated networks. */
+static void test_kfac_bias_blocks_and_cross_factors(void)
+{
+    const long n = 5;
+    for (int l = 0; l < 3; l++) {
+        pk_loss_t loss = (pk_loss_t)l;
+        testnet_t t;
+        testnet_init(&t, 3, 4, 3, loss == PK_LOSS_BCE ? 1 : 2, PK_ACT_SIGMOID, 120 + l);
+        const long D = t.D;
+        const int L = 3;
+        double X[15], Yf[10];
+        int64_t labels[5] = {1, 0, 0, 1, 1};
+        fill_normal(X, 15, 121, 1.0);
+        fill_normal(Yf, 10, 122, 1.0);
+        if (loss == PK_LOSS_BCE)
+            for (int i = 0; i < 5; i++) Yf[i] = i % 2;
+        const void *y = loss == PK_LOSS_CE ? (const void *)labels : (const void *)Yf;
+        long bias[3], outw[3], q[3];
+        for (int k = 0; k < L; k++) {
+            outw[k] = t.sizes[k + 1];
+            q[k] = t.sizes[k] + 1;
+            bias[k] = pk_mlp_layer_offset(&t.net, k) + outw[k] * t.sizes[k];
+        }
+        /* layer inputs abar_k (n x q_k) */
+        double *abar[3];
+        for (int k = 0; k < L; k++) {
+            abar[k] = dalloc(n * q[k]);
+            double *a = dalloc(n * (q[k] - 1));
+            if (k == 0) {
+                memcpy(a, X, sizeof X);
+            } else {
+                pk_mlp_t trunc = mknet(k + 1, t.sizes, t.acts, t.theta);
+                CHECK_INT_EQ(pk_features(&trunc, n, X, a), PK_OK);
+            }
+            for (long i = 0; i < n; i++) {
+                for (long c = 0; c + 1 < q[k]; c++) abar[k][i * q[k] + c] = a[i * (q[k] - 1) + c];
+                abar[k][i * q[k] + q[k] - 1] = 1;
+            }
+            free(a);
+        }
+        /* per-sample gradients (their bias parts are the g_l at the true labels) */
+        double *gs = dalloc(n * D), *GGN = dalloc(D * D), lossv;
+        for (long i = 0; i < n; i++) {
+            const void *yi = loss == PK_LOSS_CE ? (const void *)(labels + i)
+                                                : (const void *)(Yf + (loss == PK_LOSS_MSE ? i * 2 : i));
+            CHECK_INT_EQ(pk_loss_grad(&t.net, loss, 1, X + 3 * i, yi, &lossv, gs + i * D), PK_OK);
+        }
+        CHECK_INT_EQ(pk_ggn(&t.net, loss, n, X, y, GGN), PK_OK);
+        const pk_fisher_t kinds[2] = {PK_FISHER_EXACT, PK_FISHER_EMPIRICAL};
+        for (int kk = 0; kk < 2; kk++) {
+            double *A[3], *G[3], *Ac[2], *Gc[2];
+            for (int k = 0; k < L; k++) A[k] = dalloc(q[k] * q[k]), G[k] = dalloc(outw[k] * outw[k]);
+            for (int k = 0; k < L - 1; k++) Ac[k] = dalloc(q[k] * q[k + 1]), Gc[k] = dalloc(outw[k] * outw[k + 1]);
+            CHECK_INT_EQ(pk_kfac_factors(&t.net, kinds[kk], loss, n, X, y, 1, NULL, (void *const *)A,
+                                         (void *const *)G, (void *const *)Ac, (void *const *)Gc), PK_OK);
+            for (int k = 0; k < L; k++) {
+                /* A[k] = sum abar abar^T; A_cross[k] = sum abar_k abar_{k+1}^T */
+                double *wantA = dalloc(q[k] * q[k]);
+                for (long i = 0; i < n; i++)
+                    for (long r = 0; r < q[k]; r++)
+                        for (long c = 0; c < q[k]; c++) wantA[r * q[k] + c] += abar[k][i * q[k] + r] * abar[k][i * q[k] + c];
+                CHECK_ALLCLOSE(A[k], wantA, q[k] * q[k], 1e-12, 1e-13);
+                free(wantA);
+                /* G[k], G_cross[k] */
+                for (int cross = 0; cross < 2 && k + cross < L; cross++) {
+                    long o1 = outw[k], o2 = outw[k + cross];
+                    double *wantG = dalloc(o1 * o2);
+                    for (long r = 0; r < o1; r++)
+                        for (long c = 0; c < o2; c++) {
+                            if (kinds[kk] == PK_FISHER_EXACT) {
+                                wantG[r * o2 + c] = GGN[(bias[k] + r) * D + bias[k + cross] + c];
+                            } else {
+                                for (long i = 0; i < n; i++)
+                                    wantG[r * o2 + c] += gs[i * D + bias[k] + r] * gs[i * D + bias[k + cross] + c];
+                            }
+                        }
+                    char what[96];
+                    snprintf(what, sizeof what, "kind %d loss %d: G%s[%d]", kinds[kk], l, cross ? "_cross" : "", k);
+                    pk_test_allclose(cross ? Gc[k] : G[k], wantG, o1 * o2, 1e-10, 1e-12 * (1 + max_abs(wantG, o1 * o2)),
+                                     __FILE__, __LINE__, what);
+                    free(wantG);
+                }
+                if (k < L - 1) {
+                    double *wantAc = dalloc(q[k] * q[k + 1]);
+                    for (long i = 0; i < n; i++)
+                        for (long r = 0; r < q[k]; r++)
+                            for (long c = 0; c < q[k + 1]; c++)
+                                wantAc[r * q[k + 1] + c] += abar[k][i * q[k] + r] * abar[k + 1][i * q[k + 1] + c];
+                    CHECK_ALLCLOSE(Ac[k], wantAc, q[k] * q[k + 1], 1e-12, 1e-13);
+                    free(wantAc);
+                }
+            }
+            for (int k = 0; k < L; k++) free(A[k]), free(G[k]);
+            for (int k = 0; k < L - 1; k++) free(Ac[k]), free(Gc[k]);
+        }
+        /* cross factors: both or neither, and never for KFRA */
+        double *A[3], *G[3], *Ac[2], *Gc[2];
+        for (int k = 0; k < L; k++) A[k] = dalloc(q[k] * q[k]), G[k] = dalloc(outw[k] * outw[k]);
+        for (int k = 0; k < L - 1; k++) Ac[k] = dalloc(q[k] * q[k + 1]), Gc[k] = dalloc(outw[k] * outw[k + 1]);
+        CHECK(pk_kfac_factors(&t.net, PK_FISHER_EXACT, loss, n, X, y, 1, NULL, (void *const *)A, (void *const *)G,
+                              (void *const *)Ac, NULL) < 0);
+        CHECK(pk_kfac_factors(&t.net, PK_FISHER_EXACT, loss, n, X, y, 1, NULL, (void *const *)A, (void *const *)G,
+                              NULL, (void *const *)Gc) < 0);
+        CHECK(pk_kfac_factors(&t.net, PK_FISHER_KFRA, loss, n, X, y, 1, NULL, (void *const *)A, (void *const *)G,
+                              (void *const *)Ac, (void *const *)Gc) < 0);
+        for (int k = 0; k < L; k++) free(A[k]), free(G[k]), free(abar[k]);
+        for (int k = 0; k < L - 1; k++) free(Ac[k]), free(Gc[k]);
+        free(gs), free(GGN), free(t.theta);
+    }
 }
 
 static void test_float32_matches_float64(void)
@@ -1157,6 +1273,7 @@ int main(void)
     PK_RUN(test_products_match_dense);
     PK_RUN(test_kfac_exactness);
     PK_RUN(test_kfac_accumulates_and_scales);
+    PK_RUN(test_kfac_bias_blocks_and_cross_factors);
     PK_RUN(test_float32_matches_float64);
 #else
     printf("test_core: MLP kernels not in csrc/ yet; their tests were compiled out\n");
