@@ -236,10 +236,18 @@ PyArrayObject *pk_arg_labels(PyObject *y, pk_loss_t loss, npy_intp n, int64_t K,
                                           shape, 1);
         return arr; /* with one output, (N,) targets are read as (N, 1) */
     }
-    /* bce: (n,) or (n, 1), values in {0, 1} (or -1/+1) */
+    /* bce: (n,) or (n, 1), values in {0, 1} (or -1/+1, or booleans) */
     PyObject *tmp = PyArray_FROM_O(y);
     if (!tmp) return NULL;
     int nd = PyArray_NDIM((PyArrayObject *)tmp);
+    if (PyArray_DESCR((PyArrayObject *)tmp)->kind == 'b') {
+        PyObject *as_real = (PyObject *)PyArray_Cast((PyArrayObject *)tmp, typenum);
+        Py_DECREF(tmp);
+        if (!as_real) return NULL;
+        PyArrayObject *res = pk_arg_labels(as_real, loss, n, K, typenum);
+        Py_DECREF(as_real);
+        return res;
+    }
     Py_DECREF(tmp);
     if (nd == 2) {
         npy_intp shape[2] = {n, 1};

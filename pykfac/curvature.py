@@ -193,8 +193,11 @@ def output_curvature(net, X, loss, y=None):
     """Loss derivatives with respect to the network outputs; see ``OutputCurvature``.
 
     :math:`\\Lambda` does not depend on the labels for these losses, so ``y``
-    is only needed for the gradient.
+    is only needed for the gradient -- hence the order ``(net, X, loss, y=None)``.
     """
+    if not isinstance(loss, str) and isinstance(y, str):
+        raise TypeError("loss: expected a loss name; note the order output_curvature(net, X, loss, y=None) "
+                        "(Lambda does not depend on the labels)")
     return OutputCurvature(*_core.output_curvature(_net(net), X, y, loss))
 
 

@@ -58,6 +58,9 @@ def kfac(net, data, loss, kind="exact", mc_samples=1, seed=None, progress=False)
         ``to_dense()`` is the block-diagonal (D, D) approximation in theta order.
     """
     net = _net(net)
+    if not isinstance(loss, str) and kind in ("mse", "ce", "bce"):
+        raise TypeError(f"data: pass the data as one (X, y) tuple or an iterable of batches: "
+                        f"pk.kfac(net, (X, y), {kind!r}, ...)")
     if kind not in KFAC_KINDS:
         raise ValueError(f"kind: expected one of {tuple(KFAC_KINDS)}, got {kind!r}")
     mc = _mc_samples(mc_samples)

@@ -46,6 +46,11 @@ class Layer:
     def num_params(self):
         return self.W.size + self.b.size
 
+    @property
+    def slice(self):
+        """This layer's parameters within theta (and its block of any (D, D) matrix)."""
+        return slice(self.offset, self.offset + self.num_params)
+
     def __repr__(self):
         act = self.activation or "linear output"
         return f"Layer({self.in_features} -> {self.out_features}, {act})"

@@ -227,7 +227,8 @@ BAD = [
     ("y_complex", lambda f, l: FUNCS[f][1], _set("y", lambda a: a["y"] + 0j), TypeError, r"^y\b"),
     ("y_object", lambda f, l: FUNCS[f][1], _set("y", lambda a: a["y"].astype(object)), TypeError, r"^y\b"),
     ("y_str", lambda f, l: FUNCS[f][1], _set("y", lambda a: a["y"].astype(str)), TypeError, r"^y\b"),
-    ("y_bool", lambda f, l: FUNCS[f][1], _set("y", lambda a: a["y"] > 0), TypeError, r"^y\b"),
+    # booleans are valid binary labels (see test_bce_bool_labels), nothing else
+    ("y_bool", lambda f, l: FUNCS[f][1] and l != "bce", _set("y", lambda a: a["y"] > 0), TypeError, r"^y\b"),
     ("y_none", lambda f, l: FUNCS[f][1] and f not in SLICING + ("output_curvature",), _set("y", lambda a: None), TypeError, r"^y\b"),
     ("y_nan", lambda f, l: FUNCS[f][1] and l != "ce", _set("y", lambda a: _with_nan(a["y"])), ValueError,
      r"^y\b.*NaN"),
@@ -320,6 +321,13 @@ def check_still_works(name, loss):
 
 
 BAD_CASES = [(f, loss, bad) for (f, loss) in all_cases(FUNCS) for bad in BAD if bad[1](f, loss)]
+
+
+def test_bce_bool_labels():
+    a = make_args("bce")
+    as_bool = a["y"] > 0.5
+    assert pk.loss(a["net"], a["X"], as_bool, "bce") == pk.loss(a["net"], a["X"], as_bool.astype(float), "bce")
+    assert not np.array_equal(as_bool, np.ones_like(as_bool))  # both classes present
 
 
 @pytest.mark.parametrize("name,loss,bad", BAD_CASES,
