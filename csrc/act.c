@@ -69,12 +69,11 @@ static inline double vexp(double x)
     return x != x ? x : y;
 }
 
-/* e^x - 1, accurate near 0 (the polynomial) and elsewhere (exp minus one). */
-static inline double vexpm1(double x)
+/* e^x - 1 given e = vexp(x): the polynomial near 0 (no cancellation), e - 1
+ * elsewhere (at most one bit lost). Taking e from the caller saves an exp. */
+static inline double vexpm1_from(double x, double e)
 {
-    double small = expm1_poly(x);
-    double big = vexp(x) - 1.0;
-    return (x > -0.34657359027997264 && x < 0.34657359027997264) ? small : big;
+    return (x > -0.34657359027997264 && x < 0.34657359027997264) ? expm1_poly(x) : e - 1.0;
 }
 
 /* log(1 + u) for u in [0, 1]: 2 atanh(s), s = u / (2 + u) <= 1/3, series to
@@ -114,7 +113,7 @@ static void act_eval_block(pk_act_t act, int64_t n, const double *s, double *a, 
     case PK_ACT_ELU:
         for (int64_t i = 0; i < n; i++) {
             double x = s[i], xn = x < 0 ? x : 0;
-            double em = vexpm1(xn), e = vexp(xn);
+            double e = vexp(xn), em = vexpm1_from(xn, e);
             a[i] = x > 0 ? x : em;
             d1[i] = x > 0 ? 1 : e;
             d2[i] = x > 0 ? 0 : e;
@@ -125,7 +124,7 @@ static void act_eval_block(pk_act_t act, int64_t n, const double *s, double *a, 
             /* with u = -2|x|: tanh|x| = -expm1(u) / (2 + expm1(u)) and
              * tanh' = 4 e^u / (1 + e^u)^2, both free of cancellation */
             double x = s[i], u = -2.0 * fabs(x);
-            double em = vexpm1(u), e = vexp(u), inv = 1.0 / (1.0 + e);
+            double e = vexp(u), em = vexpm1_from(u, e), inv = 1.0 / (1.0 + e);
             double t = -em / (2.0 + em);
             t = x < 0 ? -t : t;
             double g1 = 4.0 * e * inv * inv;
@@ -139,7 +138,7 @@ static void act_eval_block(pk_act_t act, int64_t n, const double *s, double *a, 
             /* with u = -|x|, e = e^u: sigma(|x|) = 1/(1+e), sigma' = e/(1+e)^2, and
              * 1 - 2 sigma(x) = -sign(x) (1 - e)/(1 + e) = sign(x) expm1(u)/(1 + e) */
             double x = s[i], u = -fabs(x);
-            double e = vexp(u), em = vexpm1(u), inv = 1.0 / (1.0 + e);
+            double e = vexp(u), em = vexpm1_from(u, e), inv = 1.0 / (1.0 + e);
             double y = x >= 0 ? inv : e * inv;
             double g1 = e * inv * inv;
             double one_minus_2y = x >= 0 ? em * inv : -em * inv;
