@@ -27,6 +27,7 @@ ggn_mv         ``(D,)`` (one vector)
 kfac_exact     ``[(A_l, G_l), ...]`` (``A_l`` may be the ``in x in`` block)
 kfac_mc        same as kfac_exact
 diag_ggn       ``(D,)``
+diag_mc        ``(D,)`` (one sampled target per datum)
 =============  ==========================================================
 """
 import copy
@@ -353,6 +354,25 @@ def backpack_diag_ggn(P):
     return run, lambda r: P.flat_np(r)
 
 
+def backpack_diag_ggn_mc(P, mc_samples=1):
+    from backpack import backpack
+    from backpack.extensions import DiagGGNMC
+
+    model, lossf = P.backpack_model()
+    X, y = P.X, P.y
+
+    def run():
+        loss = lossf(model(X), y)
+        with backpack(DiagGGNMC(mc_samples=mc_samples)):
+            loss.backward()
+        out = [p.diag_ggn_mc for p in model.parameters()]
+        for p in model.parameters():
+            p.grad = None
+        return out
+
+    return run, lambda r: P.flat_np(r)
+
+
 # ---------------------------------------------------------------------------
 # registry: kernel -> [(peer name, required module, make)]
 PEERS = {
@@ -367,6 +387,7 @@ PEERS = {
     "kfac_mc": [("curvlinops KFAC mc", "curvlinops", curvlinops_kfac_mc),
                 ("backpack KFAC", "backpack", backpack_kfac_mc)],
     "diag_ggn": [("backpack DiagGGNExact", "backpack", backpack_diag_ggn)],
+    "diag_mc": [("backpack DiagGGNMC", "backpack", backpack_diag_ggn_mc)],
 }
 
 
@@ -379,25 +400,28 @@ def peers_for(kernel):
 
 # ---------------------------------------------------------------------------
 # checks that need more than one run
-def mc_agreement(P, pk_mc_factors, mc_samples, rel):
-    """Check MC K-FAC peers against pykfac's MC factors on a small problem.
+def mc_agreement(kernel, P, pk_mc, mc_samples, rel):
+    """Check the MC peers of ``kernel`` ("kfac_mc" or "diag_mc") against
+    pykfac's MC result ``pk_mc`` for the same small problem and ``mc_samples``.
 
-    The samples differ (each library has its own generator), so the G factors
-    agree only statistically: with ``mc_samples`` draws per datum both
-    estimates approach the exact G. ``pk_mc_factors`` are pykfac's factors
-    for the same problem and ``mc_samples``; ``rel(a, b)`` is the difference
-    measure. Returns {peer: (max A difference, max relative G difference)}.
+    The samples differ (each library has its own generator), so the sampled
+    parts agree only statistically: with ``mc_samples`` draws per datum both
+    estimates approach the exact value. ``rel(a, b)`` is the difference
+    measure. Returns {peer: (deterministic part's difference, sampled part's
+    difference)}: for K-FAC (A, G), for the diagonal (0, diagonal).
     """
     out = {}
-    for name, make in (("curvlinops KFAC mc", curvlinops_kfac_mc), ("backpack KFAC", backpack_kfac_mc)):
-        mod = "curvlinops" if name.startswith("curvlinops") else "backpack"
+    for name, mod, make in PEERS[kernel]:
         if not _has(mod):
             continue
         run, convert = make(P, mc_samples=mc_samples)
-        facs = convert(run())
-        dA = max(rel(a, pa[:a.shape[0], :a.shape[1]]) for (a, _), (pa, _) in zip(facs, pk_mc_factors))
-        dG = max(rel(g, pg) for (_, g), (_, pg) in zip(facs, pk_mc_factors))
-        out[name] = (dA, dG)
+        res = convert(run())
+        if kernel == "kfac_mc":
+            dA = max(rel(a, pa[:a.shape[0], :a.shape[1]]) for (a, _), (pa, _) in zip(res, pk_mc))
+            dG = max(rel(g, pg) for (_, g), (_, pg) in zip(res, pk_mc))
+            out[name] = (dA, dG)
+        else:
+            out[name] = (0.0, rel(res, pk_mc))
     return out
 
 
