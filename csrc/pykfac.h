@@ -10,6 +10,8 @@
  *                dense Hessian and GGN, diagonal GGN/Fisher, K-FAC factors
  *   pk_kron.h    one layer's Kronecker block G (x) A: products, damped
  *                solves and powers through eigendecompositions, log-det
+ *   pk_linalg.h  framework-agnostic Laplace algebra: GGN from Jacobians,
+ *                Woodbury, Cholesky, Kronecker eigen-solves, matrix normals
  *
  * House rules: every fallible function returns PK_OK or a negative PK_ERR_*
  * code; outputs are allocated by the caller; matrices are row-major and
@@ -31,6 +33,7 @@
 
 #include "pk_common.h"
 #include "pk_kron.h"
+#include "pk_linalg.h"
 #include "pk_mlp.h"
 
 #endif

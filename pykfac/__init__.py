@@ -5,7 +5,7 @@ K-FAC/KFLR/KFRA approximations, on NumPy arrays, computed by a C core over
 OpenBLAS. Conventions (sum over data, parameter order, Kronecker order):
 see the README and CONVENTIONS.md.
 """
-from . import _core
+from . import _core, linalg
 from ._core import LinAlgError
 from .curvature import (
     GGNOperator,
@@ -28,6 +28,7 @@ from .curvature import (
 )
 from .kfac import kfac
 from .kron import KronCurvature
+from .laplace import Laplace
 from .mlp import ACTIVATIONS, MLP, Layer
 
 __version__ = "0.1.0"
@@ -38,6 +39,7 @@ __all__ = [
     "HessianOperator",
     "KronCurvature",
     "Layer",
+    "Laplace",
     "LinAlgError",
     "MLP",
     "OutputCurvature",
@@ -50,6 +52,7 @@ __all__ = [
     "jacobian",
     "jvp",
     "kfac",
+    "linalg",
     "loss",
     "loss_and_grad",
     "loss_per_sample",

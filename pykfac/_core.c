@@ -4,7 +4,150 @@
 #define PK_CORE_MAIN
 #include "_core.h"
 
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#if defined(__unix__) || defined(__APPLE__)
+#include <sys/resource.h>
+#include <unistd.h>
+#define PK_HAVE_RLIMIT 1
+#endif
+
+/* ---- memory guard ------------------------------------------------------------
+ * A request whose outputs, input copies or scratch exceed the memory this
+ * process can still get raises MemoryError BEFORE anything is allocated. Without this a
+ * large-but-not-absurd request (say a 15 GB Jacobian with 12 GB free) is
+ * granted by the kernel's overcommit and the process is OOM-killed while the
+ * C core fills it: a dead notebook kernel instead of an exception.
+ * Requests below PK_GUARD_MIN bytes are never checked (no file I/O on small
+ * calls). "Available" is the smallest of: MemAvailable + SwapFree
+ * (/proc/meminfo), the cgroup (v2 or v1) limit minus its usage, and the
+ * RLIMIT_AS headroom; unknown parts count as unlimited. */
+#define PK_GUARD_MIN (64.0 * 1024 * 1024)
+
+#ifdef __linux__
+/* First number in `path` (bytes), or -1; "max" and absurd values read as -1. */
+static double read_number(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    char buf[64] = {0};
+    double v = -1;
+    if (fgets(buf, sizeof buf, f) && buf[0] >= '0' && buf[0] <= '9') v = strtod(buf, NULL);
+    fclose(f);
+    return v >= 0 && v < 0x1p60 ? v : -1;
+}
+
+/* limit - usage of the memory cgroup this process is in (v2 or v1), or +inf. */
+static double cgroup_headroom(void)
+{
+    static const char *v2[2] = {"memory.max", "memory.current"};
+    static const char *v1[2] = {"memory.limit_in_bytes", "memory.usage_in_bytes"};
+    double best = INFINITY;
+    char line[512], path[1024];
+    FILE *f = fopen("/proc/self/cgroup", "r");
+    if (!f) return best;
+    while (fgets(line, sizeof line, f)) {
+        line[strcspn(line, "\n")] = 0;
+        const char *rel = NULL, *base = NULL, **files = NULL;
+        if (!strncmp(line, "0::", 3)) {
+            rel = line + 3, base = "/sys/fs/cgroup", files = v2;
+        } else {
+            char *m = strstr(line, ":memory:");
+            if (m) rel = m + 8, base = "/sys/fs/cgroup/memory", files = v1;
+        }
+        if (!rel) continue;
+        /* our own cgroup's files, else the namespace root's (containers) */
+        for (int attempt = 0; attempt < 2; attempt++) {
+            const char *dir = attempt == 0 ? rel : "";
+            snprintf(path, sizeof path, "%s%s/%s", base, dir, files[0]);
+            double lim = read_number(path);
+            snprintf(path, sizeof path, "%s%s/%s", base, dir, files[1]);
+            double use = read_number(path);
+            if (lim >= 0 && use >= 0) {
+                double h = lim > use ? lim - use : 0;
+                if (h < best) best = h;
+                break;
+            }
+        }
+    }
+    fclose(f);
+    return best;
+}
+#endif
+
+/* Bytes this process can still allocate without an OOM kill; +inf if unknown. */
+static double available_bytes(void)
+{
+    double avail = INFINITY;
+#ifdef __linux__
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (f) {
+        char line[256];
+        double mem = -1, swap = 0;
+        unsigned long long kb;
+        while (fgets(line, sizeof line, f)) {
+            if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1) mem = 1024.0 * (double)kb;
+            else if (sscanf(line, "SwapFree: %llu kB", &kb) == 1) swap = 1024.0 * (double)kb;
+        }
+        fclose(f);
+        if (mem >= 0) avail = mem + swap;
+    }
+    double cg = cgroup_headroom();
+    if (cg < avail) avail = cg;
+#endif
+#ifdef PK_HAVE_RLIMIT
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_AS, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) {
+        double used = 0;
+#ifdef __linux__
+        FILE *s = fopen("/proc/self/statm", "r");
+        unsigned long long pages = 0;
+        if (s) {
+            if (fscanf(s, "%llu", &pages) == 1) used = (double)pages * (double)sysconf(_SC_PAGESIZE);
+            fclose(s);
+        }
+#endif
+        double h = (double)rl.rlim_cur > used ? (double)rl.rlim_cur - used : 0;
+        if (h < avail) avail = h;
+    }
+#endif
+    return avail;
+}
+
+static void format_bytes(char *buf, size_t len, double b)
+{
+    static const char *unit[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+    int u = 0;
+    while (b >= 1024 && u < 6) b /= 1024, u++;
+    snprintf(buf, len, u ? "%.1f %s" : "%.0f %s", b, unit[u]);
+}
+
+int pk_check_memory(double bytes, const char *what)
+{
+    if (!(bytes > PK_GUARD_MIN)) return 0;
+    double avail = available_bytes();
+    if (bytes <= avail) return 0;
+    char need[32], have[32];
+    format_bytes(need, sizeof need, bytes);
+    format_bytes(have, sizeof have, avail);
+    PyErr_Format(PyExc_MemoryError,
+                 "%s: needs %s of memory (result, copies and workspace) but only %s is available",
+                 what, need, have);
+    return -1;
+}
+
+/* check_memory(nbytes, what): the guard for allocations made in Python
+ * (K-FAC accumulators, dense Kronecker blocks). */
+static PyObject *py_check_memory(PyObject *self, PyObject *args)
+{
+    double bytes;
+    const char *what;
+    if (!PyArg_ParseTuple(args, "ds", &bytes, &what)) return NULL;
+    if (pk_check_memory(bytes, what) < 0) return NULL;
+    Py_RETURN_NONE;
+}
 
 PyObject *pk_LinAlgError = NULL;
 
@@ -85,6 +228,14 @@ PyArrayObject *pk_arg_array(PyObject *obj, const char *name, pk_argkind_t kind, 
             Py_DECREF(raw);
             return NULL;
         }
+    }
+    /* A cast or a contiguous copy allocates: guard it like an output (a
+     * float32 dataset passed to a float64 net doubles; a broadcast view
+     * costs nothing until it is copied). */
+    if (!(PyArray_TYPE(raw) == typenum && PyArray_ISCARRAY_RO(raw) && PyArray_ISNOTSWAPPED(raw)) &&
+        pk_check_memory((double)PyArray_SIZE(raw) * (typenum == NPY_FLOAT32 ? 4.0 : 8.0), name) < 0) {
+        Py_DECREF(raw);
+        return NULL;
     }
     PyArrayObject *arr = (PyArrayObject *)PyArray_FROM_OTF((PyObject *)raw, typenum,
                                                            NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
@@ -231,10 +382,16 @@ PyArrayObject *pk_arg_labels(PyObject *y, pk_loss_t loss, npy_intp n, int64_t K,
     }
     if (loss == PK_LOSS_MSE) {
         npy_intp shape[2] = {n, (npy_intp)K};
-        PyArrayObject *arr = pk_arg_array(y, "y", PK_ARG_REAL, typenum,
-                                          K == 1 && PyArray_Check(y) && PyArray_NDIM((PyArrayObject *)y) == 1 ? 1 : 2,
-                                          shape, 1);
-        return arr; /* with one output, (N,) targets are read as (N, 1) */
+        /* with one output, (N,) targets are read as (N, 1) -- from any array-like
+         * (a list too, not only an ndarray) */
+        int nd = 2;
+        if (K == 1) {
+            PyArrayObject *tmp = (PyArrayObject *)PyArray_FROM_O(y);
+            if (tmp && PyArray_NDIM(tmp) == 1) nd = 1;
+            if (!tmp) PyErr_Clear(); /* pk_arg_array reports it, naming y */
+            Py_XDECREF(tmp);
+        }
+        return pk_arg_array(y, "y", PK_ARG_REAL, typenum, nd, shape, 1);
     }
     /* bce: (n,) or (n, 1), values in {0, 1} (or -1/+1, or booleans) */
     PyObject *tmp = PyArray_FROM_O(y);
@@ -309,6 +466,8 @@ static PyMethodDef base_methods[] = {
     {"blas_info", py_blas_info, METH_NOARGS, "Which BLAS the C core is linked against."},
     {"strerror", py_strerror, METH_O, "The message of a C status code."},
     {"raise_status", py_raise_status, METH_O, "Raise the exception a C status code maps to."},
+    {"check_memory", py_check_memory, METH_VARARGS,
+     "check_memory(nbytes, what): MemoryError naming `what` if nbytes exceed the memory available"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -27,6 +27,13 @@
  * `context` (may be NULL) prefixes the message, e.g. "layer 2". */
 PyObject *pk_raise(int code, const char *context);
 
+/* 0 if `bytes` more may be allocated, else -1 with MemoryError "what: needs
+ * ... but only ... is available" (checked only above 64 MiB; "available" is
+ * the least of MemAvailable + SwapFree, the cgroup limit minus usage and the
+ * RLIMIT_AS headroom). Call it before allocating outputs, scratch or copies
+ * whose size the caller controls. */
+int pk_check_memory(double bytes, const char *what);
+
 /* Kinds of element an argument may hold. */
 typedef enum {
     PK_ARG_REAL,   /* int/uint/float input, cast to the requested float dtype */

@@ -1,6 +1,55 @@
 /* _core_mlp.c: wrappers of csrc/pk_mlp.h (networks, losses, curvature). */
 #include "_core.h"
 
+#include <math.h>
+
+/* Scratch (in elements) the kernels of csrc/mlp_impl.inc allocate, computed
+ * in double so nothing overflows; mirrors rows_for, cache_row_elems and
+ * rop_row_elems there (an upper bound: the chunk buffers are sized for the
+ * largest chunk). */
+typedef struct {
+    double n, K, D, maxw, sum_out, sum_hidden, hidden_sq;
+} pk_dims;
+
+static pk_dims dims_of(const pk_netarg_t *net, npy_intp n)
+{
+    pk_dims d = {(double)n, 0, (double)net->num_params, 0, 0, 0, 0};
+    int L = net->net.n_layers;
+    d.K = (double)net->sizes[L];
+    for (int l = 0; l <= L; l++)
+        if ((double)net->sizes[l] > d.maxw) d.maxw = (double)net->sizes[l];
+    for (int l = 0; l < L; l++) {
+        double w = (double)net->sizes[l + 1];
+        d.sum_out += w;
+        if (l < L - 1) d.sum_hidden += w, d.hidden_sq += w * w;
+    }
+    return d;
+}
+
+#define PK_GUARD_CHUNK_ELEMS 8388608.0 /* mlp.c: PK_CHUNK_ELEMS */
+#define PK_GUARD_CHUNK_ROWS 8192.0 /* mlp.c: PK_MAX_CHUNK_ROWS */
+
+/* rows_for(per_row, n) * per_row: the chunk buffers' size. */
+static double chunk_elems(const pk_dims *d, double per_row)
+{
+    double rows = floor(PK_GUARD_CHUNK_ELEMS / (per_row > 0 ? per_row : 1));
+    if (rows > PK_GUARD_CHUNK_ROWS) rows = PK_GUARD_CHUNK_ROWS;
+    if (rows < 1) rows = 1;
+    if (rows > d->n) rows = d->n;
+    return rows * per_row;
+}
+
+static double cache_row(const pk_dims *d, int want_d2) { return d->sum_out + (2 + want_d2) * d->sum_hidden; }
+
+static double rop_row(const pk_dims *d, double M)
+{
+    return M * (d->sum_out + d->sum_hidden + 2 * d->maxw) + 3 * d->maxw + d->K;
+}
+
+static double stack_cols(double m) { return m < 64 ? m : 64; } /* mlp.c: PK_MAX_STACK */
+
+static double itemsize(int typenum) { return typenum == NPY_FLOAT32 ? 4.0 : 8.0; }
+
 /* Arguments most kernels share: the network, X (N x sizes[0]) and optionally
  * labels y with a loss. */
 typedef struct {
@@ -52,6 +101,24 @@ static PyArrayObject *new_array(int nd, npy_intp *dims, int typenum)
     return (PyArrayObject *)PyArray_SimpleNew(nd, dims, typenum);
 }
 
+/* Bytes of an output of shape dims and dtype typenum (in double). */
+static double array_bytes(int nd, const npy_intp *dims, int typenum)
+{
+    double b = typenum == NPY_FLOAT32 ? 4.0 : 8.0;
+    for (int i = 0; i < nd; i++) b *= (double)dims[i];
+    return b;
+}
+
+/* The output array, after checking that it and `scratch` elements of the
+ * net's dtype fit in memory (MemoryError naming `what` otherwise). */
+static PyArrayObject *new_output(int nd, npy_intp *dims, int typenum, const pk_common_args *a,
+                                 double scratch, const char *what)
+{
+    if (pk_check_memory(array_bytes(nd, dims, typenum) + scratch * itemsize(a->net.typenum), what) < 0)
+        return NULL;
+    return new_array(nd, dims, typenum);
+}
+
 /* Release the arguments; return `out`, or NULL with the exception for rc. */
 static PyObject *finish(pk_common_args *a, PyArrayObject *out, int rc)
 {
@@ -85,7 +152,9 @@ static PyObject *py_forward_impl(PyObject *args, int features)
     if (common_parse(net, X, NULL, NULL, &a) < 0) return NULL;
     int L = a.net.net.n_layers;
     npy_intp dims[2] = {a.n, (npy_intp)(features ? a.net.sizes[L - 1] : a.K)};
-    PyArrayObject *out = new_array(2, dims, a.net.typenum);
+    pk_dims d = dims_of(&a.net, a.n);
+    PyArrayObject *out = new_output(2, dims, a.net.typenum, &a, chunk_elems(&d, cache_row(&d, 0)),
+                                    features ? "features" : "forward");
     int rc = PK_OK;
     if (out) {
         if (features)
@@ -108,8 +177,15 @@ static PyObject *py_loss_grad(PyObject *self, PyObject *args)
     pk_common_args a;
     if (common_parse(net, X, y, loss, &a) < 0) return NULL;
     PyArrayObject *grad = NULL;
+    pk_dims d = dims_of(&a.net, a.n);
+    npy_intp dims[1] = {(npy_intp)a.net.num_params};
+    double scratch = chunk_elems(&d, cache_row(&d, 0) + 2 * d.maxw);
+    if (pk_check_memory((want_grad ? array_bytes(1, dims, a.net.typenum) : 0) +
+                         scratch * itemsize(a.net.typenum), "loss_and_grad") < 0) {
+        common_release(&a);
+        return NULL;
+    }
     if (want_grad) {
-        npy_intp dims[1] = {(npy_intp)a.net.num_params};
         grad = new_array(1, dims, a.net.typenum);
         if (!grad) {
             common_release(&a);
@@ -136,7 +212,9 @@ static PyObject *py_loss_per_sample(PyObject *self, PyObject *args)
     pk_common_args a;
     if (common_parse(net, X, y, loss, &a) < 0) return NULL;
     npy_intp dims[1] = {a.n};
-    PyArrayObject *out = new_array(1, dims, NPY_FLOAT64);
+    pk_dims d = dims_of(&a.net, a.n);
+    PyArrayObject *out = new_output(1, dims, NPY_FLOAT64, &a, chunk_elems(&d, cache_row(&d, 0) + 2 * d.maxw),
+                                    "loss_per_sample");
     int rc = PK_OK;
     if (out)
         PK_RUN_NOGIL(rc, pk_loss_per_sample(&a.net.net, a.loss, a.n, PyArray_DATA(a.X), PyArray_DATA(a.y),
@@ -151,7 +229,9 @@ static PyObject *py_jacobian(PyObject *self, PyObject *args)
     pk_common_args a;
     if (common_parse(net, X, NULL, NULL, &a) < 0) return NULL;
     npy_intp dims[3] = {a.n, (npy_intp)a.K, (npy_intp)a.net.num_params};
-    PyArrayObject *out = new_array(3, dims, a.net.typenum);
+    pk_dims d = dims_of(&a.net, a.n);
+    PyArrayObject *out = new_output(3, dims, a.net.typenum, &a,
+                                    chunk_elems(&d, cache_row(&d, 0) + 2 * d.K * d.maxw), "jacobian");
     int rc = PK_OK;
     if (out) PK_RUN_NOGIL(rc, pk_jacobian(&a.net.net, a.n, PyArray_DATA(a.X), PyArray_DATA(out)));
     return finish(&a, out, rc);
@@ -171,7 +251,9 @@ static PyObject *py_jvp(PyObject *self, PyObject *args)
     if (V) {
         npy_intp m = PyArray_DIM(V, 1);
         npy_intp dims[3] = {a.n, (npy_intp)a.K, m};
-        out = new_array(3, dims, a.net.typenum);
+        pk_dims d = dims_of(&a.net, a.n);
+        double scratch = (double)m * d.D + chunk_elems(&d, cache_row(&d, 0) + rop_row(&d, stack_cols((double)m)));
+        out = new_output(3, dims, a.net.typenum, &a, scratch, "jvp");
         if (out)
             PK_RUN_NOGIL(rc, pk_jvp(&a.net.net, a.n, PyArray_DATA(a.X), m, PyArray_DATA(V), PyArray_DATA(out)));
     }
@@ -193,7 +275,9 @@ static PyObject *py_vjp(PyObject *self, PyObject *args)
     if (U) {
         npy_intp m = PyArray_DIM(U, 2);
         npy_intp dims[2] = {(npy_intp)a.net.num_params, m};
-        out = new_array(2, dims, a.net.typenum);
+        pk_dims d = dims_of(&a.net, a.n);
+        double scratch = (double)m * d.D + chunk_elems(&d, cache_row(&d, 0) + 2 * stack_cols((double)m) * d.maxw);
+        out = new_output(2, dims, a.net.typenum, &a, scratch, "vjp");
         if (out)
             PK_RUN_NOGIL(rc, pk_vjp(&a.net.net, a.n, PyArray_DATA(a.X), m, PyArray_DATA(U), PyArray_DATA(out)));
     }
@@ -216,7 +300,11 @@ static PyObject *py_curvature_matvec(PyObject *self, PyObject *args)
     if (V) {
         npy_intp m = PyArray_DIM(V, 1);
         npy_intp dims[2] = {(npy_intp)a.net.num_params, m};
-        out = new_array(2, dims, a.net.typenum);
+        pk_dims d = dims_of(&a.net, a.n);
+        double scratch = 2 * (double)m * d.D +
+                         chunk_elems(&d, cache_row(&d, which != PK_CURV_GGN) + rop_row(&d, stack_cols((double)m)));
+        out = new_output(2, dims, a.net.typenum, &a, scratch,
+                         which == PK_CURV_GGN ? "ggn_matvec" : which == PK_CURV_HESSIAN ? "hvp" : "residual_matvec");
         if (out)
             PK_RUN_NOGIL(rc, pk_curvature_matvec(&a.net.net, (pk_curv_t)which, a.loss, a.n, PyArray_DATA(a.X),
                                           PyArray_DATA(a.y), m, PyArray_DATA(V), PyArray_DATA(out)));
@@ -233,7 +321,11 @@ static PyObject *py_dense_curvature(PyObject *args, int hessian)
     if (common_parse(net, X, y, loss, &a) < 0) return NULL;
     npy_intp D = (npy_intp)a.net.num_params;
     npy_intp dims[2] = {D, D};
-    PyArrayObject *out = new_array(2, dims, a.net.typenum);
+    pk_dims d = dims_of(&a.net, a.n);
+    double mc = stack_cols(d.D);
+    double scratch = hessian ? mc * d.D + chunk_elems(&d, cache_row(&d, 1) + rop_row(&d, mc))
+                             : chunk_elems(&d, cache_row(&d, 0) + d.K * (2 * d.maxw + d.D + 1));
+    PyArrayObject *out = new_output(2, dims, a.net.typenum, &a, scratch, hessian ? "hessian" : "ggn");
     int rc = PK_OK;
     if (out) {
         if (hessian)
@@ -272,6 +364,14 @@ static PyObject *py_diag_curvature(PyObject *self, PyObject *args)
     pk_common_args a;
     if (common_parse(net, X, y, loss, &a) < 0) return NULL;
     npy_intp dims[1] = {(npy_intp)a.net.num_params};
+    pk_dims d = dims_of(&a.net, a.n);
+    double M = kind == PK_FISHER_EXACT ? d.K : kind == PK_FISHER_MC ? (double)mc_samples : 1;
+    double scratch = chunk_elems(&d, cache_row(&d, 0) + 2 * M * d.maxw + 2 * d.maxw + d.K);
+    if (pk_check_memory(array_bytes(1, dims, a.net.typenum) + scratch * itemsize(a.net.typenum),
+                     kind == PK_FISHER_EMPIRICAL ? "empirical_fisher_diag" : "diag_ggn") < 0) {
+        common_release(&a);
+        return NULL;
+    }
     PyArrayObject *out = (PyArrayObject *)PyArray_ZEROS(1, dims, a.net.typenum, 0);
     int rc = PK_OK;
     if (out)
@@ -342,6 +442,14 @@ static PyObject *py_kfac_factors(PyObject *self, PyObject *args)
         common_release(&a);
         return NULL;
     }
+    pk_dims d = dims_of(&a.net, a.n);
+    double M = kind == PK_FISHER_KFRA ? 0 : kind == PK_FISHER_EXACT ? d.K : kind == PK_FISHER_MC ? (double)mc_samples : 1;
+    double scratch = chunk_elems(&d, cache_row(&d, 0) + 2 * M * d.maxw + d.K) +
+                     (kind == PK_FISHER_KFRA ? d.K * d.K + d.hidden_sq + 3 * d.maxw * d.maxw : 0);
+    if (pk_check_memory(scratch * itemsize(a.net.typenum), "kfac") < 0) {
+        common_release(&a);
+        return NULL;
+    }
     int rc;
     PK_RUN_NOGIL(rc, pk_kfac_factors(&a.net.net, (pk_fisher_t)kind, a.loss, a.n, PyArray_DATA(a.X),
                               PyArray_DATA(a.y), mc_samples, &rng, A, G, cross ? Ac : NULL,
@@ -359,6 +467,12 @@ static PyObject *py_output_curvature(PyObject *self, PyObject *args)
     pk_common_args a;
     if (common_parse(net, X, y == Py_None ? NULL : y, loss, &a) < 0) return NULL;
     npy_intp d2[2] = {a.n, (npy_intp)a.K}, d3[3] = {a.n, (npy_intp)a.K, (npy_intp)a.K};
+    double K = (double)a.K, n = (double)a.n;
+    if (pk_check_memory(array_bytes(2, d2, a.net.typenum) + 2 * array_bytes(3, d3, a.net.typenum) +
+                         n * K * (2 + 2 * K) * itemsize(a.net.typenum), "output_curvature") < 0) {
+        common_release(&a);
+        return NULL;
+    }
     PyArrayObject *dl = a.y ? new_array(2, d2, a.net.typenum) : NULL;
     PyArrayObject *lam = new_array(3, d3, a.net.typenum);
     PyArrayObject *S = new_array(3, d3, a.net.typenum);

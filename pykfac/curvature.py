@@ -106,7 +106,8 @@ def vjp(net, X, u):
     U = np.asarray(u)
     if U.ndim == 2:
         want = (np.shape(X)[0] if np.ndim(X) == 2 else None, net.n_outputs)
-        if want[0] is not None and U.shape != want:  # else the core reports X first
+        # an empty or malformed X is reported by the core (naming X), not here
+        if want[0] and U.shape != want:
             raise ValueError(f"u: expected shape (N, K) = {want} or (N, K, m), got {U.shape}")
         return _core.vjp(net, X, U[:, :, None])[:, 0]
     if U.ndim != 3:

@@ -26,7 +26,7 @@ factors depend on how the data are batched: :math:`G_l = \sum_b N_b \mathcal G_l
 import numpy as np
 
 from . import _core
-from ._data import iter_batches, seed_stream
+from ._data import iter_batches, resolve_seed, seed_stream
 from .curvature import _mc_samples, _net
 from .kron import KronCurvature
 
@@ -66,8 +66,14 @@ def kfac(net, data, loss, kind="exact", mc_samples=1, seed=None, progress=False)
     mc = _mc_samples(mc_samples)
     if kind == "mc" and mc < 1:
         raise ValueError(f"mc_samples: expected >= 1 for kind='mc', got {mc}")
+    if seed is not None:
+        resolve_seed(seed)  # validated for every kind, used by "mc" only
     code = KFAC_KINDS[kind]
     sizes = net.sizes
+    # The accumulators, KronCurvature's private copies and their temporaries
+    # (MemoryError now rather than an OOM kill while the C core fills them).
+    elems = [(i + 1) ** 2 for i in sizes[:-1]] + [o * o for o in sizes[1:]]
+    _core.check_memory(float(2 * sum(elems) + 2 * max(elems)) * net.dtype.itemsize, "kfac")
     A = [np.zeros((i + 1, i + 1), dtype=net.dtype) for i in sizes[:-1]]
     G = [np.zeros((o, o), dtype=net.dtype) for o in sizes[1:]]
     seeds = seed_stream(seed) if kind == "mc" else None
@@ -78,4 +84,10 @@ def kfac(net, data, loss, kind="exact", mc_samples=1, seed=None, progress=False)
         n_total += np.shape(X)[0]
     for a in A:
         a /= n_total
+    for l in range(len(A)):
+        for name, fac in (("A", A[l]), ("G", G[l])):
+            if not np.all(np.isfinite(fac)):
+                raise ValueError(f"data: the Kronecker factor {name}[{l}] of layer {l} overflowed to "
+                                 f"Inf/NaN in {net.dtype} (inputs or weights too large); rescale the "
+                                 f"data or use a float64 network")
     return KronCurvature(A=A, G=G, sizes=sizes, num_data=n_total, kind=kind)

@@ -143,11 +143,19 @@ class KronCurvature:
             raise ValueError(f"V: expected shape (D,) or (D, m) with D = {D}, got {arr.shape}")
         if arr.dtype.kind not in "iuf":
             raise TypeError(f"V: expected a real array, got dtype {arr.dtype}")
-        return np.ascontiguousarray(arr.reshape(D, -1), dtype=self.dtype), arr.ndim
+        out = np.ascontiguousarray(arr.reshape(D, -1), dtype=self.dtype)
+        # before any layer is computed (the C core would find it layer by layer,
+        # after an earlier layer may have raised for another reason)
+        if not np.all(np.isfinite(out)):
+            raise ValueError("V: contains NaN or Inf")
+        return out, arr.ndim
 
     def _per_layer(self, V, fn):
         """out[o_l:o_l+p_l] = fn(l, V[o_l:o_l+p_l]) for a (D,) or (D, m) V."""
         V2, ndim = self._rhs(V)
+        # the result, and per layer the C core's two scratch copies and its output
+        m = V2.shape[1]
+        _core.check_memory(float(V2.size + 3 * max(self._psize) * m) * self.dtype.itemsize, "V")
         R = np.empty_like(V2)
         for l in range(self.num_layers):
             o, p = self._offsets[l], self._psize[l]
@@ -176,6 +184,12 @@ class KronCurvature:
         return out
 
     def _singular(self, l, damping):
+        if damping > 0:
+            # 1/(eigenvalue + damping) or the solution overflows the dtype
+            return _core.LinAlgError(
+                f"damping: the damped curvature of layer {l} is numerically singular (a Kronecker "
+                f"factor has a zero eigenvalue and damping = {damping:g} is too small: the result "
+                f"overflows {self.dtype}); use a larger damping")
         return _core.LinAlgError(
             f"damping: the damped curvature of layer {l} is singular (a Kronecker factor has "
             f"a zero eigenvalue and damping = {damping:g}); use damping > 0")
@@ -200,11 +214,22 @@ class KronCurvature:
             If the eigensolver fails.
         """
         if self._eig is None:
+            # per factor: w, Q and syevd's workspace (1 + 6n + 2n^2)
+            orders = [M.shape[0] for M in self.A + self.G]
+            elems = sum(n * n + n for n in orders)
+            big = max(orders)
+            _core.check_memory(float(elems + 2 * big * big) * self.dtype.itemsize, "eigh")
             eig = []
             for l in range(self.num_layers):
                 parts = []
                 for name, M in ((f"G[{l}]", self.G[l]), (f"A[{l}]", self.A[l])):
-                    w, Q = _core.sym_eigh(M)
+                    try:
+                        w, Q = _core.sym_eigh(M)
+                    except (ValueError, _core.LinAlgError) as exc:
+                        # name the layer, not the C call (e.g. a factor
+                        # changed in place to hold NaN, or syevd failing)
+                        raise type(exc)(f"{name}: eigendecomposition of layer {l}'s factor "
+                                        f"failed: {exc}") from None
                     top = float(np.abs(w).max()) if w.size else 0.0
                     if w.size and w[0] < -np.sqrt(np.finfo(self.dtype).eps) * top:
                         raise ValueError(f"{name}: expected a positive semi-definite factor, "
@@ -305,10 +330,15 @@ class KronCurvature:
         def one(l, Vl):
             wG, QG, wA, QA = eig[l]
             try:
-                return _core.kron_eig_apply(wG, QG, wA, QA, Vl, damping=damps[l],
-                                            factored=bool(factored), pi=pis[l], power=power)
+                R = _core.kron_eig_apply(wG, QG, wA, QA, Vl, damping=damps[l],
+                                         factored=bool(factored), pi=pis[l], power=power)
             except _core.LinAlgError:
                 raise self._singular(l, damps[l]) from None
+            # finite V, finite 1/d: a non-finite result is an overflow of |V|/d
+            # (tiny damping on a zero eigenvalue), never a number to return
+            if power < 0 and not np.all(np.isfinite(R)):
+                raise self._singular(l, damps[l])
+            return R
 
         R = self._per_layer(V2, one)
         return R[:, 0] if ndim == 1 else R
@@ -375,6 +405,7 @@ class KronCurvature:
             ``Wbar`` order to theta order (``W.ravel()`` then ``b``).
         """
         D = self.num_params
+        _core.check_memory(float(D) * D * self.dtype.itemsize, "to_dense")
         B = np.zeros((D, D), dtype=self.dtype)
         for l in range(self.num_layers):
             o, p = self._offsets[l], self._psize[l]

@@ -1,0 +1,1425 @@
+r"""Laplace approximations of a trained network's posterior (``pk.Laplace``).
+
+Conventions (CONVENTIONS.md, "Laplace approximation"):
+
+- prior :math:`\theta \sim \mathcal N(\mu_0, P_0^{-1})`, :math:`P_0 = \mathrm{diag}(\delta)`
+  with ``prior_precision`` :math:`\delta` a scalar, one value per layer (a layer's
+  ``W`` and ``b`` share it) or one per parameter;
+- posterior precision :math:`P = G / (\sigma^2 T) + P_0` with :math:`G` the GGN of the
+  SUMMED loss at the MAP :math:`\theta^*` (or its diagonal, Kronecker or low-rank
+  approximation), :math:`\sigma` the observation noise (regression only, else 1)
+  and :math:`T` the temperature;
+- log marginal likelihood
+
+  .. math:: \log Z = \log p(y|\theta^*) - \tfrac12 (\theta^*-\mu_0)^\top P_0 (\theta^*-\mu_0)
+            - \tfrac12 \log\det P + \tfrac12 \log\det P_0,
+
+  with :math:`\log p(y|\theta) = -L(\theta)/\sigma^2 - NK\log(\sigma\sqrt{2\pi})` for
+  regression (``L`` = pykfac's ``mse`` sum, :math:`\tfrac12\sum\|y-f\|^2`) and
+  :math:`-L(\theta)` for classification. The temperature enters :math:`P` only
+  (laplace-torch also divides the log-likelihood by T; at T = 1 both agree);
+- linearised (GLM) predictive :math:`f \sim \mathcal N(f(x,\theta^*), J P^{-1} J^\top)`.
+
+Structures: ``"full"`` (dense GGN, Cholesky), ``"diag"`` (exact GGN diagonal),
+``"kron"`` (K-FAC; each factor eigendecomposed ONCE at fit, the prior added
+exactly to the eigenvalues :math:`\lambda_{G,i}\lambda_{A,j}/(\sigma^2T) + \delta_l`),
+``"lowrank"`` (:math:`G = G_m G_m^\top` from per-sample Jacobians and output-Hessian
+square roots, handled through its thin eigendecomposition and the Woodbury
+identity, never a D x D matrix). Changing ``prior_precision``, ``sigma_noise`` or
+``temperature`` after ``fit`` never refits or re-decomposes.
+"""
+import hashlib
+import json
+import math
+import numbers
+
+import numpy as np
+
+from . import _core
+from . import linalg as _la
+from ._data import iter_batches, resolve_seed
+from .curvature import diag_ggn, empirical_fisher_diag, ggn, jacobian, loss as _loss_value
+from .curvature import output_curvature
+from .kfac import KFAC_KINDS
+from .kron import KronCurvature
+from .mlp import MLP
+
+__all__ = ["Laplace", "LIKELIHOODS", "STRUCTURES"]
+
+#: likelihood -> pykfac loss
+LIKELIHOODS = {"regression": "mse", "classification": "ce", "binary": "bce"}
+STRUCTURES = ("full", "diag", "kron", "lowrank")
+SUBSETS = ("all", "last_layer")
+PRED_TYPES = ("glm", "nn")
+LINK_APPROXES = ("probit", "mc", "bridge")
+FORMAT_VERSION = 1
+
+# Jacobian chunks in the predictive: at most this many bytes of J at once.
+_J_CHUNK_BYTES = 1 << 29
+# Woodbury factors above this many elements are refused (use rank= or last_layer).
+_LOWRANK_MAX = 1 << 28
+
+
+def _pos_float(value, name):
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: expected a positive number, got {value!r}") from None
+    if not (math.isfinite(v) and v > 0):
+        raise ValueError(f"{name}: expected a finite number > 0, got {v}")
+    return v
+
+
+def _choice(value, options, name):
+    if value not in options:
+        raise ValueError(f"{name}: expected one of {tuple(options)}, got {value!r}")
+    return value
+
+
+def _clip_eigs(w):
+    """Factor eigenvalues in float64 with roundoff-level values (n eps max) set to 0,
+    exactly as the C core's Kronecker kernels do."""
+    w = np.asarray(w, dtype=np.float64)
+    eps = np.finfo(np.float64 if w.dtype == np.float64 else np.float32).eps
+    return np.where(w > w.size * eps * max(float(w.max(initial=0.0)), 0.0), w, 0.0)
+
+
+# ---------------------------------------------------------------------------
+# prior
+# ---------------------------------------------------------------------------
+class _Prior:
+    """A diagonal prior precision: scalar, per layer, or per parameter.
+
+    ``values`` (float64, length 1, L or D), ``kind`` in {"scalar", "layer",
+    "param"}, ``diag`` the (D,) expansion, ``offsets`` the L + 1 layer offsets."""
+
+    def __init__(self, value, offsets):
+        D, L = offsets[-1], len(offsets) - 1
+        arr = np.array(value, dtype=np.float64, copy=True) if not isinstance(value, _Prior) else value.values
+        if arr.ndim > 1:
+            raise ValueError(f"prior_precision: expected a number or a 1-D array, got shape {arr.shape}")
+        arr = arr.reshape(-1)
+        if not np.all(np.isfinite(arr)):
+            raise ValueError("prior_precision: contains NaN or Inf")
+        if np.any(arr <= 0):
+            raise ValueError(f"prior_precision: expected values > 0, got minimum {arr.min():g}")
+        if arr.size == 1:
+            kind = "scalar"
+            diag = np.full(D, arr[0])
+        elif arr.size == L:
+            kind = "layer"
+            diag = np.repeat(arr, np.diff(offsets))
+        elif arr.size == D:
+            kind = "param"
+            diag = arr.copy()
+        else:
+            raise ValueError(f"prior_precision: expected a number, {L} values (one per layer) or "
+                             f"{D} values (one per parameter), got {arr.size}")
+        self.values, self.kind, self.diag, self.offsets = arr, kind, diag, list(offsets)
+        self.values.setflags(write=False)
+        self.diag.setflags(write=False)
+        self.key = (kind, arr.tobytes())
+
+    def group_sum(self, v):
+        """Sum a (D,) vector over the prior's groups (length of ``values``)."""
+        v = np.asarray(v, dtype=np.float64)
+        if self.kind == "scalar":
+            return np.array([v.sum()])
+        if self.kind == "layer":
+            return np.add.reduceat(v, self.offsets[:-1])
+        return v
+
+    def group_sizes(self):
+        if self.kind == "scalar":
+            return np.array([float(self.offsets[-1])])
+        if self.kind == "layer":
+            return np.diff(self.offsets).astype(np.float64)
+        return np.ones(self.offsets[-1])
+
+    def layer_values(self):
+        """One value per layer (scalar or per-layer priors only)."""
+        L = len(self.offsets) - 1
+        if self.kind == "scalar":
+            return [float(self.values[0])] * L
+        if self.kind == "layer":
+            return [float(v) for v in self.values]
+        raise ValueError("prior_precision: structure='kron' needs a scalar or per-layer prior "
+                         "precision (the prior is added exactly to each layer's Kronecker "
+                         "eigenvalues); use 'diag', 'full' or 'lowrank' for one per parameter")
+
+
+# ---------------------------------------------------------------------------
+# posterior structures: P = c H + diag(p0), c = 1 / (sigma^2 T)
+# ---------------------------------------------------------------------------
+class _Posterior:
+    """Common interface; ``c`` scales the curvature, ``prior`` is a _Prior.
+
+    logdet_grad returns (log det P, d logdet / d prior values, d logdet / d c)."""
+
+    def __init__(self, D, dtype, offsets):
+        self.D, self.dtype, self.offsets = D, np.dtype(dtype), list(offsets)
+
+    def _rhs(self, V):
+        return np.ascontiguousarray(V, dtype=self.dtype)
+
+    # default implementations built on solve
+    def functional_variance(self, J, c, prior, acts=None):
+        N, K, D = J.shape
+        R = self.solve(J.reshape(N * K, D).T, c, prior)
+        return _core.batched_gram(J, R)
+
+    def covariance_dense(self, c, prior):
+        return self.solve(np.eye(self.D, dtype=self.dtype), c, prior)
+
+
+class _FullPosterior(_Posterior):
+    structure = "full"
+
+    def __init__(self, H, offsets):
+        super().__init__(H.shape[0], H.dtype, offsets)
+        self.H = H
+        self._eig = None
+        self._chol = (None, None)
+        # Scalar priors in marglik loops: one eigendecomposition of H, then every
+        # log-det and trace is O(D). Single evaluations use a Cholesky (cheaper).
+        self.prefer_eig = False
+
+    def _use_eig(self, prior):
+        return prior.kind == "scalar" and (self.prefer_eig or self._eig is not None)
+
+    def state(self):
+        return {"H": self.H}
+
+    @classmethod
+    def from_state(cls, st, offsets, meta):
+        return cls(st["H"], offsets)
+
+    def _eigvals(self):
+        if self._eig is None:
+            self._eig = _clip_eigs(_core.sym_eigvals(self.H))
+        return self._eig
+
+    def _factor(self, c, prior):
+        key = (c, prior.key)
+        if self._chol[0] != key:
+            self._chol = (key, _la.DensePrecision(self.precision_dense(c, prior), "posterior precision"))
+        return self._chol[1]
+
+    def precision_dense(self, c, prior):
+        P = self.H * self.dtype.type(c)
+        P[np.diag_indices(self.D)] += prior.diag.astype(self.dtype)
+        return P
+
+    def logdet_grad(self, c, prior):
+        if self._use_eig(prior):
+            w, d = self._eigvals(), prior.values[0]
+            den = c * w + d
+            return float(np.log(den).sum()), np.array([np.sum(1 / den)]), float(np.sum(w / den))
+        F = self._factor(c, prior)
+        dinv = np.diag(F.inverse()).astype(np.float64)
+        return F.logdet(), prior.group_sum(dinv), (self.D - float(prior.diag @ dinv)) / c
+
+    def logdet(self, c, prior):
+        if self._use_eig(prior):
+            return float(np.log(c * self._eigvals() + prior.values[0]).sum())
+        return self._factor(c, prior).logdet()
+
+    def solve(self, V, c, prior):
+        return self._factor(c, prior).solve(self._rhs(V))
+
+    def sample(self, n, seed, c, prior):
+        Z = np.random.default_rng(seed).standard_normal((n, self.D), dtype=self.dtype)
+        return self._factor(c, prior).whiten(Z)
+
+    def covariance_dense(self, c, prior):
+        return self._factor(c, prior).inverse()
+
+
+class _DiagPosterior(_Posterior):
+    structure = "diag"
+
+    def __init__(self, h, offsets):
+        super().__init__(h.shape[0], h.dtype, offsets)
+        self.h = h
+        self._h64 = np.maximum(h.astype(np.float64), 0.0)
+
+    def state(self):
+        return {"h": self.h}
+
+    @classmethod
+    def from_state(cls, st, offsets, meta):
+        return cls(st["h"], offsets)
+
+    def _p(self, c, prior):
+        return c * self._h64 + prior.diag
+
+    def precision_dense(self, c, prior):
+        return np.diag(self._p(c, prior)).astype(self.dtype)
+
+    def covariance_dense(self, c, prior):
+        return np.diag(1.0 / self._p(c, prior)).astype(self.dtype)
+
+    def logdet(self, c, prior):
+        return float(np.log(self._p(c, prior)).sum())
+
+    def logdet_grad(self, c, prior):
+        p = self._p(c, prior)
+        return float(np.log(p).sum()), prior.group_sum(1.0 / p), float(np.sum(self._h64 / p))
+
+    def solve(self, V, c, prior):
+        V = self._rhs(V)
+        return (V / self._p(c, prior)[:, None]).astype(self.dtype)
+
+    def sample(self, n, seed, c, prior):
+        Z = np.random.default_rng(seed).standard_normal((n, self.D), dtype=self.dtype)
+        Z *= (1.0 / np.sqrt(self._p(c, prior))).astype(self.dtype)
+        return Z
+
+    def functional_variance(self, J, c, prior, acts=None):
+        return _core.diag_quad(J, 1.0 / self._p(c, prior))
+
+
+class _KronPosterior(_Posterior):
+    structure = "kron"
+
+    def __init__(self, kron, offsets, damping="exact", eig=None):
+        super().__init__(kron.num_params, kron.dtype, offsets)
+        self.kron = kron
+        self.factored = damping == "factored"
+        if eig is not None:
+            kron._eig = [tuple(np.asarray(a) for a in e) for e in eig]
+        self.eig = kron.eigh()  # once, at fit
+        self._w = [(_clip_eigs(wG), _clip_eigs(wA)) for wG, _, wA, _ in self.eig]
+        self._E = [np.outer(g, a).ravel() for g, a in self._w]
+
+    def state(self):
+        st = {}
+        for l, (A, G) in enumerate(zip(self.kron.A, self.kron.G)):
+            st[f"A{l}"], st[f"G{l}"] = A, G
+            wG, QG, wA, QA = self.eig[l]
+            st[f"wG{l}"], st[f"QG{l}"], st[f"wA{l}"], st[f"QA{l}"] = wG, QG, wA, QA
+        return st
+
+    @classmethod
+    def from_state(cls, st, offsets, meta):
+        L = len(offsets) - 1
+        K = KronCurvature([st[f"A{l}"] for l in range(L)], [st[f"G{l}"] for l in range(L)],
+                          meta["sizes"], num_data=meta["n_data"], kind=meta["kind"])
+        eig = [(st[f"wG{l}"], st[f"QG{l}"], st[f"wA{l}"], st[f"QA{l}"]) for l in range(L)]
+        return cls(K, offsets, meta["kron_damping"], eig=eig)
+
+    def _layers(self, prior):
+        return prior.layer_values()
+
+    def logdet_grad(self, c, prior):
+        deltas = self._layers(prior)
+        total, dd, dc = 0.0, [], 0.0
+        for (g, a), E, d in zip(self._w, self._E, deltas):
+            if self.factored:
+                s = math.sqrt(d)
+                tg, ta = c * g + s, a + s
+                total += a.size * np.log(tg).sum() + g.size * np.log(ta).sum()
+                dd.append((a.size * np.sum(1 / tg) + g.size * np.sum(1 / ta)) / (2 * s))
+                dc += a.size * np.sum(g / tg)
+            else:
+                den = c * E + d
+                total += np.log(den).sum()
+                dd.append(np.sum(1 / den))
+                dc += np.sum(E / den)
+        dd = np.array(dd)
+        if prior.kind == "scalar":
+            dd = np.array([dd.sum()])
+        return float(total), dd, float(dc)
+
+    def logdet(self, c, prior):
+        return self.logdet_grad(c, prior)[0]
+
+    def _apply(self, V, c, prior, power):
+        deltas = self._layers(prior)
+        V = self._rhs(V)
+        R = np.empty_like(V)
+        for l, (wG, QG, wA, QA) in enumerate(self.eig):
+            o, p = self.offsets[l], self.offsets[l + 1]
+            try:
+                R[o:p] = _core.kron_eig_apply(wG, QG, wA, QA, V[o:p], scale=c, damping=deltas[l],
+                                              factored=self.factored, pi=1.0, power=power)
+            except _core.LinAlgError:
+                raise _core.LinAlgError(f"posterior precision of layer {l} is singular") from None
+        return R
+
+    def solve(self, V, c, prior):
+        return self._apply(V, c, prior, -1.0)
+
+    def functional_variance(self, J, c, prior, acts=None):
+        """With the layer inputs ``acts`` the rank-one structure of each layer's
+        Jacobian rows is used (pk.linalg.kron_inv_quad): only the bias columns
+        of J (the pre-activation gradients) are read."""
+        if acts is None:
+            return super().functional_variance(J, c, prior)
+        deltas = self._layers(prior)
+        N, K, _ = J.shape
+        fv = np.zeros((N, K, K), dtype=self.dtype)
+        for l, (wG, QG, wA, QA) in enumerate(self.eig):
+            out, q = len(wG), len(wA)
+            b0 = self.offsets[l] + out * (q - 1)
+            Gv = np.ascontiguousarray(J[:, :, b0:b0 + out])
+            Av = np.empty((N, q), dtype=self.dtype)
+            Av[:, :-1] = acts[l]
+            Av[:, -1] = 1
+            try:
+                fv += _core.kron_inv_quad(wG, QG, wA, QA, Gv, Av, scale=c, damping=deltas[l],
+                                          factored=self.factored)
+            except _core.LinAlgError:
+                raise _core.LinAlgError(f"posterior precision of layer {l} is singular") from None
+        return fv
+
+    def sample(self, n, seed, c, prior):
+        """Matrix-normal draws per layer: Wbar = QG [F o Z] QAᵀ (pk_kron_sample),
+        then reordered from Wbar to theta order (W row-major, then b)."""
+        deltas = self._layers(prior)
+        rng = np.random.default_rng(seed)
+        out = np.empty((n, self.D), dtype=self.dtype)
+        for l, (wG, QG, wA, QA) in enumerate(self.eig):
+            o, nG, q = self.offsets[l], len(wG), len(wA)
+            Z = rng.standard_normal((n, nG, q), dtype=self.dtype)
+            try:
+                R = _core.kron_sample(wG, QG, wA, QA, Z, scale=c, damping=deltas[l],
+                                      factored=self.factored)
+            except _core.LinAlgError:
+                raise _core.LinAlgError(f"posterior precision of layer {l} is singular") from None
+            out[:, o:o + nG * (q - 1)] = R[:, :, :-1].reshape(n, -1)
+            out[:, o + nG * (q - 1):o + nG * q] = R[:, :, -1]
+        return out
+
+    def precision_dense(self, c, prior):
+        deltas = self._layers(prior)
+        B = np.zeros((self.D, self.D), dtype=self.dtype)
+        for l, (A, G) in enumerate(zip(self.kron.A, self.kron.G)):
+            o, p = self.offsets[l], self.offsets[l + 1]
+            if self.factored:
+                s = math.sqrt(deltas[l])
+                Gs = G * self.dtype.type(c) + self.dtype.type(s) * np.eye(len(G), dtype=self.dtype)
+                As = A + self.dtype.type(s) * np.eye(len(A), dtype=self.dtype)
+                _core.kron_to_dense(Gs, As, out=B[o:p, o:p])
+            else:
+                _core.kron_to_dense(G * self.dtype.type(c), A, out=B[o:p, o:p])
+                B[np.arange(o, p), np.arange(o, p)] += self.dtype.type(deltas[l])
+        return B
+
+    def covariance_dense(self, c, prior):
+        C = np.zeros((self.D, self.D), dtype=self.dtype)
+        deltas = self._layers(prior)
+        for l, (wG, QG, wA, QA) in enumerate(self.eig):
+            o, p = self.offsets[l], self.offsets[l + 1]
+            C[o:p, o:p] = _core.kron_eig_apply(wG, QG, wA, QA, np.eye(p - o, dtype=self.dtype),
+                                               scale=c, damping=deltas[l], factored=self.factored,
+                                               pi=1.0, power=-1.0)
+        return C
+
+
+class _LowRankPosterior(_Posterior):
+    structure = "lowrank"
+
+    def __init__(self, s, Q, offsets):
+        super().__init__(Q.shape[0], Q.dtype, offsets)
+        self.s, self.Q = s, Q
+        self._s64 = s.astype(np.float64)
+        self.rank = s.shape[0]
+
+    def state(self):
+        return {"s": self.s, "Q": self.Q}
+
+    @classmethod
+    def from_state(cls, st, offsets, meta):
+        return cls(st["s"], st["Q"], offsets)
+
+    def _U(self, c):
+        return self.Q * np.sqrt(c * self._s64).astype(self.dtype)
+
+    def _spectral(self, c, d, power):
+        """a0, dvec of (c Q S Q^T + d I)^power = a0 I + Q diag(dvec) Q^T."""
+        lam = c * self._s64 + d
+        return d ** power, lam ** power - d ** power
+
+    def logdet_grad(self, c, prior):
+        s = self._s64
+        if prior.kind == "scalar":
+            d = prior.values[0]
+            den = c * s + d
+            ld = (self.D - self.rank) * math.log(d) + np.log(den).sum()
+            return float(ld), np.array([(self.D - self.rank) / d + np.sum(1 / den)]), float(np.sum(s / den))
+        U = self._U(c)
+        ld = _la.woodbury_logdet(prior.diag, U)
+        dinv = _la.woodbury_diag_inverse(prior.diag, U).astype(np.float64)
+        return ld, prior.group_sum(dinv), (self.D - float(prior.diag @ dinv)) / c
+
+    def logdet(self, c, prior):
+        if prior.kind == "scalar":
+            return self.logdet_grad(c, prior)[0]
+        return _la.woodbury_logdet(prior.diag, self._U(c))
+
+    def solve(self, V, c, prior):
+        V = self._rhs(V)
+        if prior.kind == "scalar":
+            a0, dv = self._spectral(c, prior.values[0], -1.0)
+            return _core.lowrank_apply(self.Q, a0, dv, V)
+        return _la.woodbury_solve(prior.diag, self._U(c), V)
+
+    def sample(self, n, seed, c, prior):
+        if prior.kind == "scalar":
+            Z = np.random.default_rng(seed).standard_normal((n, self.D), dtype=self.dtype)
+            a0, dv = self._spectral(c, prior.values[0], -0.5)
+            return np.ascontiguousarray(_core.lowrank_apply(self.Q, a0, dv, np.ascontiguousarray(Z.T)).T)
+        return _core.woodbury_sample(prior.diag, self._U(c), n, seed)
+
+    def functional_variance(self, J, c, prior, acts=None):
+        if prior.kind != "scalar":
+            return super().functional_variance(J, c, prior)
+        a0, dv = self._spectral(c, prior.values[0], -1.0)
+        return _core.lowrank_quad(J, self.Q, a0, dv)
+
+    def precision_dense(self, c, prior):
+        P = _core.lowrank_apply(self.Q, 0.0, c * self._s64, np.eye(self.D, dtype=self.dtype))
+        P[np.diag_indices(self.D)] += prior.diag.astype(self.dtype)
+        return P
+
+    def covariance_dense(self, c, prior):
+        if prior.kind == "scalar":
+            return self.solve(np.eye(self.D, dtype=self.dtype), c, prior)
+        return _la.woodbury_inverse(prior.diag, self._U(c))
+
+
+_POSTERIORS = {"full": _FullPosterior, "diag": _DiagPosterior, "kron": _KronPosterior,
+               "lowrank": _LowRankPosterior}
+
+
+# ---------------------------------------------------------------------------
+# predictive helpers (output space, tiny K x K algebra)
+# ---------------------------------------------------------------------------
+def _softmax(f):
+    z = f - f.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _sigmoid(f):
+    return np.where(f >= 0, 1 / (1 + np.exp(-np.abs(f))), np.exp(-np.abs(f)) / (1 + np.exp(-np.abs(f))))
+
+
+def _bridge(mu, var):
+    """Laplace bridge (Hobbhahn et al. 2022): Gaussian logits -> Dirichlet -> its mean.
+
+    The logits are first projected onto the sum-zero subspace (softmax is
+    invariant to shifts), then alpha_k = (1 - 2/K + e^{mu_k}/K^2 sum_l e^{-mu_l}) / Sigma_kk."""
+    mu = np.asarray(mu, dtype=np.float64)
+    var = np.asarray(var, dtype=np.float64)
+    K = mu.shape[-1]
+    s_row = var.sum(-1)  # (N, K) = Sigma 1
+    s_all = s_row.sum(-1, keepdims=True)  # 1^T Sigma 1
+    mu = mu - s_row * mu.sum(-1, keepdims=True) / s_all
+    var = var - np.einsum("ni,nj->nij", s_row, s_row) / s_all[:, :, None]
+    dvar = np.diagonal(var, axis1=1, axis2=2)
+    sum_exp = np.exp(-mu).sum(-1, keepdims=True)
+    alpha = (1 - 2 / K + np.exp(mu) / K ** 2 * sum_exp) / dvar
+    out = alpha / alpha.sum(-1, keepdims=True)
+    return np.nan_to_num(out, nan=1.0 / K)
+
+
+# ---------------------------------------------------------------------------
+# the public class
+# ---------------------------------------------------------------------------
+class Laplace:
+    r"""Laplace approximation :math:`\mathcal N(\theta^*, P^{-1})` of a trained network.
+
+    Parameters
+    ----------
+    net : MLP or None
+        The trained network; ``net.theta`` at ``fit`` time is the MAP
+        :math:`\theta^*` (a private copy is kept, so later changes to ``net``
+        do not affect the posterior). None only via :meth:`from_jacobians`.
+    likelihood : {"regression", "classification", "binary"}
+        Losses ``mse`` (labels (N, K) floats), ``ce`` (integer labels (N,)) and
+        ``bce`` (one output, labels 0/1).
+    structure : {"full", "diag", "kron", "lowrank"}
+    subset : {"all", "last_layer"}
+        ``"last_layer"``: the posterior over the last layer only, with
+        features ``net.features(X)`` and the exact GGN of that (linear) layer.
+    prior_precision : float or array_like
+        Scalar, one value per layer (``W`` and ``b`` of a layer share it) or
+        one per parameter (not for ``"kron"``). Must be > 0.
+    sigma_noise : float
+        Observation noise :math:`\sigma` (regression; must be 1 otherwise).
+    temperature : float
+        :math:`T` in :math:`P = G/(\sigma^2 T) + P_0`.
+    prior_mean : float or array_like (D,)
+        :math:`\mu_0`, used in the log marginal likelihood only.
+    kind : {"exact", "mc", "empirical", "kfra"}
+        Curvature estimate for ``"kron"`` (all four) and ``"diag"`` (exact, mc,
+        empirical); ``"full"`` and ``"lowrank"`` always use the exact GGN.
+    mc_samples : int
+        Sampled targets per datum for ``kind="mc"``.
+    rank : int or None
+        ``"lowrank"`` only: keep the ``rank`` largest eigenvalues of the GGN.
+    kron_damping : {"exact", "factored"}
+        ``"factored"``: Ritter et al.'s :math:`(\lambda_G/(\sigma^2T) + \sqrt\delta)(\lambda_A + \sqrt\delta)`
+        instead of the exact :math:`\lambda_G\lambda_A/(\sigma^2T) + \delta`.
+    seed : int or None
+        Seeds ``kind="mc"``.
+
+    Attributes
+    ----------
+    mean : ndarray (D,)
+        :math:`\theta^*` of the parameters under the posterior (the last layer's for
+        ``subset="last_layer"``).
+    n_params, n_data, n_outputs, loss : int, int, int, float
+        ``loss`` is the summed training loss at the MAP.
+    """
+
+    def __init__(self, net, likelihood="classification", structure="kron", subset="all",
+                 prior_precision=1.0, sigma_noise=1.0, temperature=1.0, prior_mean=0.0,
+                 kind="exact", mc_samples=1, rank=None, kron_damping="exact", seed=None):
+        if net is not None and not isinstance(net, MLP):
+            raise TypeError(f"net: expected a pykfac.MLP, got {type(net).__name__}")
+        self.likelihood = _choice(likelihood, LIKELIHOODS, "likelihood")
+        self.structure = _choice(structure, STRUCTURES, "structure")
+        self.subset = _choice(subset, SUBSETS, "subset")
+        self.lossname = LIKELIHOODS[likelihood]
+        kinds = {"kron": tuple(KFAC_KINDS), "diag": ("exact", "mc", "empirical")}.get(structure, ("exact",))
+        self.kind = _choice(kind, kinds, f"kind (structure={structure!r})")
+        if isinstance(mc_samples, bool) or not isinstance(mc_samples, (int, np.integer)) or mc_samples < 1:
+            raise ValueError(f"mc_samples: expected a positive int, got {mc_samples!r}")
+        self.mc_samples = int(mc_samples)
+        if rank is not None:
+            if structure != "lowrank":
+                raise ValueError("rank: only used with structure='lowrank'")
+            if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or rank < 1:
+                raise ValueError(f"rank: expected a positive int or None, got {rank!r}")
+            rank = int(rank)
+        self.rank = rank
+        self.kron_damping = _choice(kron_damping, ("exact", "factored"), "kron_damping")
+        self.seed = seed
+        self.net = net
+        K = None
+        if net is not None:
+            K = net.n_outputs
+            if likelihood == "binary" and K != 1:
+                raise ValueError(f"likelihood: 'binary' needs a network with 1 output, this one has {K}")
+            if likelihood == "classification" and K < 2:
+                raise ValueError("likelihood: 'classification' needs at least 2 outputs (use 'binary' for 1)")
+            self._set_model(net)
+        self.n_outputs = K
+        self._temperature = _pos_float(temperature, "temperature")
+        self.sigma_noise = sigma_noise
+        self._prior_init = prior_precision
+        self._prior = self._make_prior(prior_precision) if net is not None else None
+        self._prior_mean_init = prior_mean
+        self._prior_mean = self._check_prior_mean(prior_mean) if net is not None else None
+        self._post = None
+        self.loss = None
+        self.n_data = None
+        self._from_jac = False
+
+    # ---- model pieces --------------------------------------------------------
+    def _set_model(self, net):
+        """Private copies: the full net (features) and the model the posterior is over."""
+        self._net = net.copy()
+        if self.subset == "all":
+            self._model = self._net
+        else:
+            last = self._net.layers[-1]
+            self._model = MLP.from_params([(last.W, last.b)], dtype=self._net.dtype)
+        self._offsets = [0]
+        for layer in self._model.layers:
+            self._offsets.append(self._offsets[-1] + layer.num_params)
+        self.dtype = self._model.dtype
+        # sub-networks whose penultimate features are the inputs of layer l >= 1
+        layers, acts = self._model.layers, list(self._model.activations)
+        self._subnets = [None] + [
+            MLP.from_params([(ly.W, ly.b) for ly in layers[:l + 1]], activation=acts[:l],
+                            dtype=self.dtype) for l in range(1, len(layers))]
+
+    def _layer_inputs(self, Z):
+        """Inputs a_l (N x in_l) of every layer of the posterior's model (kron only)."""
+        if self.structure != "kron":
+            return None
+        Z = np.asarray(Z, dtype=self.dtype)
+        return [Z] + [sub.features(Z) for sub in self._subnets[1:]]
+
+    def _inputs(self, X):
+        """What the posterior's model sees: X, or the penultimate features."""
+        if self.subset == "all":
+            return X
+        return self._net.features(X)
+
+    @property
+    def n_params(self):
+        return self._offsets[-1]
+
+    @property
+    def mean(self):
+        self._check_fit()
+        if self._from_jac:
+            return None if self._theta_map is None else self._theta_map.copy()
+        return self._model.theta.copy()
+
+    def _check_fit(self):
+        if self._post is None:
+            raise RuntimeError("Laplace: call fit(data) first (the posterior is not fitted)")
+
+    def _check_prior_mean(self, m):
+        arr = np.asarray(m, dtype=np.float64)
+        if arr.ndim == 0 or arr.size == 1:
+            return np.full(self._offsets[-1], float(arr.reshape(-1)[0]))
+        if arr.shape != (self._offsets[-1],):
+            raise ValueError(f"prior_mean: expected a number or shape ({self._offsets[-1]},), got {arr.shape}")
+        if not np.all(np.isfinite(arr)):
+            raise ValueError("prior_mean: contains NaN or Inf")
+        return arr.copy()
+
+    # ---- hyperparameters (never refit) -------------------------------------------
+    @property
+    def prior_precision(self):
+        """Prior precision values (length 1, L or D); setting it never refits."""
+        return self._prior.values.copy() if self._prior.kind != "scalar" else float(self._prior.values[0])
+
+    @prior_precision.setter
+    def prior_precision(self, value):
+        self._prior = self._make_prior(value)
+
+    def _make_prior(self, value):
+        prior = _Prior(value, self._offsets)
+        if self.structure == "kron":
+            prior.layer_values()  # kron: scalar or per layer only (raises otherwise)
+        return prior
+
+    @property
+    def prior_precision_diag(self):
+        """(D,) diagonal of :math:`P_0`."""
+        return self._prior.diag.copy()
+
+    @property
+    def sigma_noise(self):
+        return self._sigma
+
+    @sigma_noise.setter
+    def sigma_noise(self, value):
+        v = _pos_float(value, "sigma_noise")
+        if self.likelihood != "regression" and v != 1.0:
+            raise ValueError(f"sigma_noise: only regression has observation noise; must be 1 for "
+                             f"likelihood={self.likelihood!r}, got {v}")
+        self._sigma = v
+
+    @property
+    def temperature(self):
+        return self._temperature
+
+    @temperature.setter
+    def temperature(self, value):
+        self._temperature = _pos_float(value, "temperature")
+
+    def _c(self, sigma=None):
+        s = self._sigma if sigma is None else sigma
+        return 1.0 / (s * s * self._temperature)
+
+    # ---- fitting -------------------------------------------------------------------
+    def _labels(self, y, n):
+        """Validate labels for the likelihood (clear messages before the C core)."""
+        y = np.asarray(y)
+        if y.shape[:1] != (n,):
+            raise ValueError(f"y: expected {n} labels (one per row of X), got shape {y.shape}")
+        if self.likelihood == "classification":
+            if y.dtype.kind not in "iu":
+                raise TypeError(f"y: expected integer class labels for likelihood='classification', "
+                                f"got dtype {y.dtype}")
+            if y.ndim != 1:
+                raise ValueError(f"y: expected shape ({n},) of class indices, got {y.shape}")
+        elif self.likelihood == "binary":
+            if y.dtype.kind not in "iuf" or y.dtype.kind == "b":
+                raise TypeError(f"y: expected 0/1 labels for likelihood='binary', got dtype {y.dtype}")
+            y = y.reshape(n)
+            if not np.all(np.isin(y, (0, 1, -1))):
+                raise ValueError("y: binary labels for likelihood='binary' must be 0/1 (or -1/+1)")
+            y = y.astype(self.dtype)
+        else:
+            if y.dtype.kind not in "iuf":
+                raise TypeError(f"y: expected real targets for likelihood='regression', got dtype {y.dtype}")
+            K = self.n_outputs
+            if y.ndim == 1 and K == 1:
+                y = y.reshape(n, 1)
+            if y.shape != (n, K):
+                raise ValueError(f"y: expected shape ({n}, {K}) for likelihood='regression', got {y.shape}")
+            if not np.all(np.isfinite(y)):
+                raise ValueError("y: contains NaN or Inf")
+            y = y.astype(self.dtype)
+        return y
+
+    def _check_X(self, X, name="X"):
+        X = np.asarray(X)
+        d = self._net.sizes[0]
+        if X.ndim != 2 or X.shape[1] != d:
+            raise ValueError(f"{name}: expected shape (N, {d}), got {X.shape}")
+        if X.dtype.kind not in "iuf":
+            raise TypeError(f"{name}: expected a real array, got dtype {X.dtype}")
+        if X.shape[0] == 0:
+            raise ValueError(f"{name}: empty batch (N = 0)")
+        if not np.all(np.isfinite(X)):
+            raise ValueError(f"{name}: contains NaN or Inf")
+        return X
+
+    def fit(self, data, progress=False):
+        """Fit the posterior at the network's current parameters (the MAP).
+
+        Parameters
+        ----------
+        data : (X, y) tuple or iterable of (X, y) batches
+        progress : bool
+            tqdm progress bar over batches.
+
+        Returns
+        -------
+        self
+
+        Notes
+        -----
+        Curvature of the SUMMED loss over all batches. ``"kron"`` eigendecomposes
+        every factor here, once; ``"lowrank"`` eigendecomposes ``Gmat Gmatᵀ``
+        through the Gram matrix of ``Gmat`` (D x N K, held in memory).
+        """
+        if self.net is None:
+            raise RuntimeError("Laplace: built from Jacobians; there is no network to fit")
+        self._set_model(self.net)  # the MAP is the net's CURRENT theta
+        self._prior = _Prior(self._prior.values, self._offsets)
+        model, lossname, D = self._model, self.lossname, self._offsets[-1]
+        n_total, loss_total = 0, 0.0
+        H = h = None
+        A = G = None
+        Us = []
+        seeds = None
+        if self.kind == "mc":
+            from ._data import seed_stream
+
+            seeds = seed_stream(self.seed)
+        for X, y in iter_batches(data, progress=progress, desc=f"laplace[{self.structure}]"):
+            X = self._check_X(X)
+            y = self._labels(y, X.shape[0])
+            Z = self._inputs(X)
+            loss_total += _loss_value(model, Z, y, lossname)
+            if self.structure == "full":
+                if model.n_layers == 1:  # a linear model (last layer): Kronecker-sum GGN
+                    Hb = _la.ggn_linear(Z, output_curvature(model, Z, lossname).hessian)
+                else:
+                    Hb = ggn(model, Z, y, lossname)
+                H = Hb if H is None else H + Hb
+            elif self.structure == "diag":
+                if self.kind == "exact":
+                    hb = diag_ggn(model, Z, y, lossname)
+                elif self.kind == "mc":
+                    hb = diag_ggn(model, Z, y, lossname, mc_samples=self.mc_samples, seed=next(seeds))
+                else:
+                    hb = empirical_fisher_diag(model, Z, y, lossname)
+                h = hb if h is None else h + hb
+            elif self.structure == "kron":
+                if A is None:
+                    A = [np.zeros((i + 1, i + 1), dtype=self.dtype) for i in model.sizes[:-1]]
+                    G = [np.zeros((o, o), dtype=self.dtype) for o in model.sizes[1:]]
+                bseed = next(seeds) if seeds is not None else 0
+                _core.kfac_factors(model, KFAC_KINDS[self.kind], Z, y, lossname, self.mc_samples,
+                                   bseed, A, G, None, None)
+            else:
+                J = jacobian(model, Z)
+                S = output_curvature(model, Z, lossname).sqrt
+                if D * (sum(u.shape[1] for u in Us) + J.shape[0] * J.shape[1]) > _LOWRANK_MAX:
+                    raise MemoryError(f"structure='lowrank': Gmat would hold more than {_LOWRANK_MAX} "
+                                      f"values (D = {D}); use subset='last_layer' or fewer data")
+                Us.append(_la.ggn_factor(J, S=S))
+            n_total += X.shape[0]
+        if self.structure == "full":
+            post = _FullPosterior(H, self._offsets)
+        elif self.structure == "diag":
+            post = _DiagPosterior(h, self._offsets)
+        elif self.structure == "kron":
+            for a in A:
+                a /= n_total
+            K = KronCurvature(A, G, model.sizes, num_data=n_total, kind=self.kind)
+            post = _KronPosterior(K, self._offsets, self.kron_damping)
+        else:
+            U = Us[0] if len(Us) == 1 else np.hstack(Us)
+            s, Q = _la.lowrank_eigh(U, rank=self.rank)
+            post = _LowRankPosterior(s, Q, self._offsets)
+        self._post = post
+        self.loss = float(loss_total)
+        self.n_data = n_total
+        self._prior_mean = self._check_prior_mean(self._prior_mean_init)
+        return self
+
+    # ---- marginal likelihood ---------------------------------------------------------
+    def log_likelihood(self, sigma_noise=None):
+        r""":math:`\log p(y|\theta^*)`: :math:`-L/\sigma^2 - NK\log(\sigma\sqrt{2\pi})` (regression), :math:`-L` otherwise."""
+        self._check_fit()
+        if self.loss is None:
+            raise RuntimeError("Laplace: the training loss is unknown (pass y or loss to from_jacobians)")
+        if self.likelihood != "regression":
+            return -self.loss
+        s = self._sigma if sigma_noise is None else _pos_float(sigma_noise, "sigma_noise")
+        NK = self.n_data * self.n_outputs
+        return -self.loss / s ** 2 - NK * math.log(s * math.sqrt(2 * math.pi))
+
+    def _theta_delta(self):
+        if self._from_jac and self._theta_map is None:
+            raise RuntimeError("Laplace: pass theta_map to from_jacobians for the marginal likelihood")
+        theta = self._theta_map if self._from_jac else self._model.theta
+        return np.asarray(theta, dtype=np.float64) - self._prior_mean
+
+    def _lml_and_grad(self, prior, sigma, want_sigma_grad):
+        c = self._c(sigma)
+        ld, d_prior, d_c = self._post.logdet_grad(c, prior)
+        delta = self._theta_delta()
+        sq = prior.group_sum(delta * delta)
+        ld0 = float(np.sum(np.log(prior.diag)))
+        lml = self.log_likelihood(sigma) - 0.5 * float(prior.diag @ (delta * delta)) - 0.5 * ld + 0.5 * ld0
+        vals = prior.values
+        g_logprior = vals * (-0.5 * sq - 0.5 * d_prior + 0.5 * prior.group_sizes() / vals)
+        g_logsigma = None
+        if want_sigma_grad:
+            NK = self.n_data * self.n_outputs
+            g_logsigma = 2 * self.loss / sigma ** 2 - NK + c * d_c
+        return lml, g_logprior, g_logsigma
+
+    def log_marginal_likelihood(self, prior_precision=None, sigma_noise=None):
+        r"""Laplace log marginal likelihood (CONVENTIONS.md), a float.
+
+        .. math:: \log Z = \log p(y|\theta^*) - \tfrac12 (\theta^*-\mu_0)^\top P_0 (\theta^*-\mu_0)
+                  - \tfrac12 \log\det P + \tfrac12 \log\det P_0
+
+        ``prior_precision`` / ``sigma_noise`` evaluate it at other values without
+        changing the object (no refit). Cost: O(D) for kron/diag and for
+        full/lowrank with a scalar prior (cached eigenvalues); a Cholesky or
+        Woodbury factorisation otherwise.
+        """
+        self._check_fit()
+        prior = self._prior if prior_precision is None else self._make_prior(prior_precision)
+        if sigma_noise is not None and self.likelihood != "regression":
+            raise ValueError("sigma_noise: only regression has observation noise")
+        sigma = self._sigma if sigma_noise is None else _pos_float(sigma_noise, "sigma_noise")
+        return self._lml_and_grad(prior, sigma, False)[0]
+
+    def log_marginal_likelihood_grad(self, prior_precision=None, sigma_noise=None):
+        """Exact gradient of :meth:`log_marginal_likelihood` with respect to
+        ``log prior_precision`` (one entry per prior value) and ``log sigma_noise``
+        (regression; None otherwise). Returns ``(g_log_prior, g_log_sigma)``."""
+        self._check_fit()
+        prior = self._prior if prior_precision is None else _Prior(prior_precision, self._offsets)
+        sigma = self._sigma if sigma_noise is None else _pos_float(sigma_noise, "sigma_noise")
+        _, gp, gs = self._lml_and_grad(prior, sigma, self.likelihood == "regression")
+        return gp, gs
+
+    def optimize_prior_precision(self, method="marglik", val_data=None, prior_structure=None,
+                                 optimize_sigma=False, grid=None, pred_type="glm",
+                                 link_approx="probit", n_samples=100, seed=None):
+        r"""Tune the prior precision (and optionally :math:`\sigma`) post hoc; no refit.
+
+        Parameters
+        ----------
+        method : {"marglik", "gridsearch"}
+            ``"marglik"`` maximises :meth:`log_marginal_likelihood` over
+            :math:`\log\delta` (and :math:`\log\sigma` when ``optimize_sigma``)
+            with L-BFGS and exact gradients
+            :math:`\partial\log Z/\partial\log\delta_g = \delta_g[-\tfrac12\|\theta^*_g\|^2
+            - \tfrac12\partial_{\delta_g}\log\det P + \tfrac12|g|/\delta_g]` (Kronecker:
+            from the cached eigenvalues). ``"gridsearch"`` picks the scalar value on
+            ``grid`` (default ``logspace(-4, 4, 21)``) with the smallest
+            validation negative log-likelihood of the predictive.
+        val_data : (X, y) or batches
+            Required by ``"gridsearch"``.
+        prior_structure : {"scalar", "layer", "param"} or None
+            Structure to optimise (default: that of the current prior).
+        optimize_sigma : bool
+            Also fit :math:`\sigma` by marginal likelihood (regression only).
+
+        Returns
+        -------
+        self
+        """
+        from scipy.optimize import minimize
+
+        self._check_fit()
+        _choice(method, ("marglik", "gridsearch"), "method")
+        if optimize_sigma and self.likelihood != "regression":
+            raise ValueError("optimize_sigma: only regression has observation noise")
+        if method == "gridsearch":
+            if val_data is None:
+                raise ValueError("val_data: method='gridsearch' needs validation data")
+            if optimize_sigma:
+                raise ValueError("optimize_sigma: only with method='marglik'")
+            grid = np.logspace(-4, 4, 21) if grid is None else np.asarray(grid, dtype=np.float64)
+            batches = [(self._check_X(X), self._labels(y, np.shape(X)[0]))
+                       for X, y in iter_batches(val_data)]
+            cache = [self._glm_cache(X) if pred_type == "glm" else None for X, _ in batches]
+            best, best_nll = None, np.inf
+            for p in grid:
+                prior = _Prior(p, self._offsets)
+                nll, n = 0.0, 0
+                for (X, y), cch in zip(batches, cache):
+                    out = self._predict_from_cache(cch, prior, pred_type, link_approx, n_samples,
+                                                   seed, X)
+                    nll += self._nll(out, y) * X.shape[0]
+                    n += X.shape[0]
+                if nll / n < best_nll:
+                    best, best_nll = p, nll / n
+            self.prior_precision = float(best)
+            return self
+        L, D = len(self._offsets) - 1, self._offsets[-1]
+        structure = prior_structure or self._prior.kind
+        _choice(structure, ("scalar", "layer", "param"), "prior_structure")
+        if self.structure == "kron" and structure == "param":
+            raise ValueError("prior_structure: structure='kron' supports 'scalar' or 'layer' priors")
+        size = {"scalar": 1, "layer": L, "param": D}[structure]
+        cur = self._prior.values
+        if cur.size == size:
+            x0 = np.log(cur)
+        elif cur.size == 1:
+            x0 = np.full(size, np.log(cur[0]))
+        else:
+            x0 = np.full(size, np.log(np.mean(cur)))
+        if optimize_sigma:
+            x0 = np.append(x0, np.log(self._sigma))
+
+        def fun(x):
+            prior = _Prior(np.exp(x[:size]), self._offsets)
+            sigma = float(np.exp(x[size])) if optimize_sigma else self._sigma
+            lml, gp, gs = self._lml_and_grad(prior, sigma, optimize_sigma)
+            g = -gp if not optimize_sigma else -np.append(gp, gs)
+            return -lml, g
+
+        if isinstance(self._post, _FullPosterior) and size == 1:
+            self._post.prefer_eig = True
+        bounds = [(-25.0, 25.0)] * len(x0)
+        res = minimize(fun, x0, jac=True, method="L-BFGS-B", bounds=bounds,
+                       options={"maxiter": 500, "ftol": 1e-12, "gtol": 1e-8})
+        x = res.x
+        self.prior_precision = np.exp(x[:size]) if size > 1 else float(np.exp(x[0]))
+        if optimize_sigma:
+            self.sigma_noise = float(np.exp(x[size]))
+        return self
+
+    # ---- posterior access -------------------------------------------------------------
+    def posterior_precision_dense(self):
+        """(D, D) posterior precision :math:`P = G/(\\sigma^2T) + P_0` in theta order."""
+        self._check_fit()
+        return self._post.precision_dense(self._c(), self._prior)
+
+    def posterior_covariance_dense(self):
+        """(D, D) posterior covariance :math:`P^{-1}` in theta order."""
+        self._check_fit()
+        return self._post.covariance_dense(self._c(), self._prior)
+
+    def log_det_posterior_precision(self):
+        """:math:`\\log\\det P` (float)."""
+        self._check_fit()
+        return self._post.logdet(self._c(), self._prior)
+
+    def sample(self, n, seed=None):
+        r"""``n`` parameter draws :math:`\theta^* + P^{-1/2} z`, shape (n, D).
+
+        Kronecker blocks use the matrix-normal form through the factors'
+        eigendecompositions; low rank the Woodbury/spectral form; full the
+        Cholesky factor (:math:`L^{-\top}z`). Reproducible per ``seed``.
+        """
+        self._check_fit()
+        n = _la._n_samples(n)
+        dev = self._post.sample(n, resolve_seed(seed), self._c(), self._prior)
+        theta = self._theta_map if self._from_jac else self._model.theta
+        if theta is None:
+            return dev
+        return dev + np.asarray(theta, dtype=self.dtype)[None, :]
+
+    # ---- predictive -----------------------------------------------------------------
+    def _jac_chunks(self, X):
+        """Yield (f_map, J) over row chunks of X (posterior model's inputs)."""
+        Z = self._inputs(X)
+        K, D = self.n_outputs, self.n_params
+        rows = max(1, _J_CHUNK_BYTES // (K * D * self.dtype.itemsize))
+        for i in range(0, Z.shape[0], rows):
+            Zc = Z[i:i + rows]
+            yield self._model(Zc), jacobian(self._model, Zc), self._layer_inputs(Zc)
+
+    def _glm_cache(self, X):
+        """Jacobians of X kept in memory when small, else recomputed per use."""
+        Z = self._inputs(X)
+        if Z.shape[0] * self.n_outputs * self.n_params * self.dtype.itemsize <= _J_CHUNK_BYTES:
+            return ("mem", [(self._model(Z), jacobian(self._model, Z), self._layer_inputs(Z))])
+        return ("lazy", X)
+
+    def _fv_and_mean(self, cache, prior):
+        c = self._c()
+        kind, payload = cache
+        chunks = payload if kind == "mem" else self._jac_chunks(payload)
+        mus, fvs = [], []
+        for mu, J, acts in chunks:
+            mus.append(mu)
+            fvs.append(self._post.functional_variance(J, c, prior, acts))
+        return np.concatenate(mus), np.concatenate(fvs)
+
+    def functional_variance(self, X=None, jacobians=None):
+        r"""(N, K, K) GLM functional variance :math:`J_n P^{-1} J_n^\top` (no :math:`\sigma^2`).
+
+        ``X`` for a network posterior; ``jacobians`` (N, K, D) for one built by
+        :meth:`from_jacobians` (or to pass precomputed Jacobians).
+        """
+        self._check_fit()
+        if jacobians is not None:
+            J = self._check_J(jacobians)
+            return self._post.functional_variance(J, self._c(), self._prior)
+        X = self._check_X_net(X)
+        return self._fv_and_mean(("lazy", X), self._prior)[1]
+
+    def kernel(self, X1, X2=None):
+        r"""Laplace tangent kernel :math:`J(X_1) P^{-1} J(X_2)^\top`, shape (N1, K, N2, K).
+
+        ``.reshape(N1 * K, N2 * K)`` gives the matrix; ``kernel(X)[n, :, n, :]``
+        is ``functional_variance(X)[n]``. Memory O((N1 + N2) K D).
+        """
+        self._check_fit()
+        X1 = self._check_X_net(X1, "X1")
+        X2 = X1 if X2 is None else self._check_X_net(X2, "X2")
+        J1 = jacobian(self._model, self._inputs(X1))
+        J2 = J1 if X2 is X1 else jacobian(self._model, self._inputs(X2))
+        N1, K, D = J1.shape
+        N2 = J2.shape[0]
+        R = self._post.solve(J2.reshape(N2 * K, D).T, self._c(), self._prior)
+        return (J1.reshape(N1 * K, D) @ R).reshape(N1, K, N2, K)
+
+    def _check_X_net(self, X, name="X"):
+        if self._from_jac:
+            raise RuntimeError("Laplace: built from Jacobians; pass jacobians= and f_map= instead of X")
+        if X is None:
+            raise TypeError(f"{name}: expected an array, got None")
+        return self._check_X(X, name)
+
+    def _check_J(self, J):
+        J = np.ascontiguousarray(J, dtype=self.dtype)
+        if J.ndim != 3 or J.shape[1] != self.n_outputs or J.shape[2] != self.n_params:
+            raise ValueError(f"jacobians: expected shape (N, {self.n_outputs}, {self.n_params}), got {J.shape}")
+        if not np.all(np.isfinite(J)):
+            raise ValueError("jacobians: contains NaN or Inf")
+        return J
+
+    def predictive(self, X=None, pred_type="glm", link_approx="probit", n_samples=100, seed=None,
+                   jacobians=None, f_map=None):
+        r"""Posterior predictive at inputs ``X``.
+
+        Parameters
+        ----------
+        X : (N, d_in) array
+        pred_type : {"glm", "nn"}
+            ``"glm"``: linearised network :math:`f \sim \mathcal N(f(x,\theta^*), J P^{-1} J^\top)`;
+            ``"nn"``: average over ``n_samples`` posterior parameter draws.
+        link_approx : {"probit", "mc", "bridge"}
+            Classification with ``"glm"``: probit
+            :math:`\mathrm{softmax}(\mu/\sqrt{1 + \tfrac\pi8 \mathrm{diag}\Sigma})`, Monte
+            Carlo over ``n_samples`` function draws, or the Laplace bridge
+            (multi-class only).
+        n_samples : int
+        seed : int or None
+        jacobians, f_map : arrays
+            For a posterior built by :meth:`from_jacobians`: (N, K, D) Jacobians
+            and (N, K) MAP outputs at the test points (instead of ``X``).
+
+        Returns
+        -------
+        regression : (mean, variance), each (N, K)
+            The variance INCLUDES the observation noise: ``diag(J P⁻¹ Jᵀ) + σ²``
+            (GLM) or the sample variance of f plus ``σ²`` (NN).
+        classification : (N, C) class probabilities.
+        binary : (N,) probabilities of y = 1.
+        """
+        self._check_fit()
+        _choice(pred_type, PRED_TYPES, "pred_type")
+        _choice(link_approx, LINK_APPROXES, "link_approx")
+        if link_approx == "bridge" and self.likelihood == "binary":
+            raise ValueError("link_approx: the Laplace bridge needs at least 2 classes; use 'probit' or 'mc'")
+        n_samples = _la._n_samples(n_samples)
+        if jacobians is not None or f_map is not None:
+            if jacobians is None or f_map is None:
+                raise TypeError("predictive: pass both jacobians= and f_map=")
+            if pred_type != "glm":
+                raise ValueError("pred_type: only 'glm' is available from Jacobians")
+            J = self._check_J(jacobians)
+            mu = np.asarray(f_map, dtype=self.dtype).reshape(J.shape[0], self.n_outputs)
+            cache = ("mem", [(mu, J, None)])
+        else:
+            X = self._check_X_net(X)
+            if pred_type == "nn":
+                return self._nn_predictive(X, n_samples, seed)
+            cache = ("lazy", X)
+        return self._predict_from_cache(cache, self._prior, pred_type, link_approx, n_samples, seed, X)
+
+    __call__ = predictive
+
+    def _predict_from_cache(self, cache, prior, pred_type, link_approx, n_samples, seed, X):
+        if pred_type == "nn":
+            saved = self._prior
+            self._prior = prior
+            try:
+                return self._nn_predictive(X, n_samples, seed)
+            finally:
+                self._prior = saved
+        mu, fv = self._fv_and_mean(cache, prior)
+        mu = mu.astype(np.float64)
+        fv = fv.astype(np.float64)
+        if self.likelihood == "regression":
+            return mu, np.diagonal(fv, axis1=1, axis2=2) + self._sigma ** 2
+        if link_approx == "probit":
+            kappa = 1.0 / np.sqrt(1.0 + math.pi / 8.0 * np.diagonal(fv, axis1=1, axis2=2))
+            if self.likelihood == "binary":
+                return _sigmoid(kappa[:, 0] * mu[:, 0])
+            return _softmax(kappa * mu)
+        if link_approx == "bridge":
+            return _bridge(mu, fv)
+        # Monte Carlo over f ~ N(mu, Sigma_n), S S^T = Sigma_n
+        S = _core.psd_sqrt(fv)
+        N, K = mu.shape
+        Z = _core.standard_normal(n_samples, N * K, False, resolve_seed(seed)).reshape(n_samples, N, K)
+        f = mu[None] + np.einsum("nkj,snj->snk", S, Z)
+        if self.likelihood == "binary":
+            return _sigmoid(f[..., 0]).mean(0)
+        return _softmax(f).mean(0)
+
+    def _nn_predictive(self, X, n_samples, seed):
+        if n_samples < 1:
+            raise ValueError("n_samples: expected >= 1 for pred_type='nn'")
+        thetas = self.sample(n_samples, seed)
+        Z = self._inputs(X)
+        model = self._model.copy()
+        outs = []
+        for th in thetas:
+            model.theta = th
+            outs.append(np.asarray(model(Z), dtype=np.float64))
+        F = np.stack(outs)
+        if self.likelihood == "regression":
+            return F.mean(0), F.var(0) + self._sigma ** 2
+        if self.likelihood == "binary":
+            return _sigmoid(F[..., 0]).mean(0)
+        return _softmax(F).mean(0)
+
+    def _nll(self, out, y):
+        """Mean negative log-likelihood of labels y under a predictive output."""
+        eps = 1e-12
+        if self.likelihood == "regression":
+            mu, var = out
+            return float(np.mean(np.sum(0.5 * np.log(2 * math.pi * var) + 0.5 * (y - mu) ** 2 / var, axis=1)))
+        if self.likelihood == "binary":
+            yb = (np.asarray(y).reshape(-1) > 0).astype(np.float64)
+            p = np.clip(out, eps, 1 - eps)
+            return float(-np.mean(yb * np.log(p) + (1 - yb) * np.log(1 - p)))
+        return float(-np.mean(np.log(np.clip(out[np.arange(len(y)), y], eps, None))))
+
+    # ---- framework-agnostic constructor ------------------------------------------------
+    @classmethod
+    def from_jacobians(cls, J, Lam=None, f_map=None, likelihood="classification", structure="full",
+                       prior_precision=1.0, sigma_noise=1.0, temperature=1.0, prior_mean=0.0,
+                       theta_map=None, y=None, loss=None, rank=None, layer_sizes=None):
+        r"""A full or low-rank posterior from Jacobians computed anywhere (JAX, PyTorch, ...).
+
+        Parameters
+        ----------
+        J : array_like (N, K, D)
+            Per-sample Jacobians of the outputs w.r.t. the parameters at the MAP.
+        Lam : array_like (N, K, K), optional
+            Output Hessians of the loss. Default: identity (regression) or computed
+            from ``f_map`` (softmax ``diag(p) - ppᵀ`` / logistic ``σ(1-σ)``).
+        f_map : array_like (N, K), optional
+            MAP outputs on the training data (needed for the default ``Lam`` in
+            classification and for ``y``).
+        likelihood, prior_precision, sigma_noise, temperature, prior_mean :
+            As for :class:`Laplace`; ``prior_precision`` scalar or per parameter,
+            or per layer with ``layer_sizes`` (parameters per layer).
+        structure : {"full", "lowrank"}
+        theta_map : array_like (D,), optional
+            MAP parameters (the mean of :meth:`sample`, the prior term of the LML).
+        y, loss : optional
+            Training labels (the log-likelihood is computed from ``f_map``) or
+            the summed training loss itself, for the marginal likelihood.
+        rank : int, optional
+            Low-rank truncation.
+
+        Then :meth:`predictive` / :meth:`functional_variance` take
+        ``jacobians=`` (and ``f_map=``) at test points.
+        """
+        _choice(structure, ("full", "lowrank"), "structure (from_jacobians)")
+        self = cls(None, likelihood=likelihood, structure=structure, rank=rank,
+                   sigma_noise=sigma_noise, temperature=temperature)
+        J = np.asarray(J)
+        if J.ndim != 3:
+            raise ValueError(f"J: expected shape (N, K, D), got {J.shape}")
+        dtype = np.float32 if J.dtype == np.float32 else np.float64
+        J = np.ascontiguousarray(J, dtype=dtype)
+        if not np.all(np.isfinite(J)):
+            raise ValueError("J: contains NaN or Inf")
+        N, K, D = J.shape
+        if likelihood == "binary" and K != 1:
+            raise ValueError(f"likelihood: 'binary' needs K = 1 output, got {K}")
+        self.n_outputs, self.dtype = K, np.dtype(dtype)
+        sizes = [D] if layer_sizes is None else [int(s) for s in layer_sizes]
+        if sum(sizes) != D:
+            raise ValueError(f"layer_sizes: expected sizes summing to D = {D}, got {sum(sizes)}")
+        self._offsets = [0] + list(np.cumsum(sizes).astype(int))
+        self._prior = _Prior(prior_precision, self._offsets)
+        self._prior_mean = self._check_prior_mean(prior_mean)
+        if f_map is not None:
+            f_map = np.asarray(f_map, dtype=np.float64).reshape(N, K)
+        if Lam is None:
+            if likelihood == "regression":
+                Lam = np.broadcast_to(np.eye(K, dtype=dtype), (N, K, K))
+            else:
+                if f_map is None:
+                    raise ValueError("Lam: pass the output Hessians, or f_map to compute them")
+                if likelihood == "binary":
+                    p = _sigmoid(f_map)
+                    Lam = (p * (1 - p)).reshape(N, 1, 1)
+                else:
+                    p = _softmax(f_map)
+                    Lam = np.einsum("nk,kl->nkl", p, np.eye(K)) - np.einsum("nk,nl->nkl", p, p)
+        Lam = np.ascontiguousarray(Lam, dtype=dtype)
+        if Lam.shape != (N, K, K):
+            raise ValueError(f"Lam: expected shape ({N}, {K}, {K}), got {Lam.shape}")
+        if structure == "full":
+            self._post = _FullPosterior(_la.ggn_from_jacobians(J, Lam), self._offsets)
+        else:
+            s, Q = _la.lowrank_eigh(_la.ggn_factor(J, Lam=Lam), rank=rank)
+            self._post = _LowRankPosterior(s, Q, self._offsets)
+        self._from_jac = True
+        self.n_data = N
+        self._theta_map = None
+        if theta_map is not None:
+            t = np.asarray(theta_map, dtype=np.float64)
+            if t.shape != (D,):
+                raise ValueError(f"theta_map: expected shape ({D},), got {t.shape}")
+            self._theta_map = t
+        if loss is not None:
+            self.loss = float(loss)
+        elif y is not None:
+            if f_map is None:
+                raise ValueError("y: pass f_map too (the loss is computed from the MAP outputs)")
+            self.loss = self._loss_from_outputs(f_map, y)
+        return self
+
+    def _loss_from_outputs(self, f, y):
+        """Summed loss of outputs f (N, K) for labels y (pykfac's conventions)."""
+        N = f.shape[0]
+        if self.likelihood == "regression":
+            y = np.asarray(y, dtype=np.float64).reshape(N, -1)
+            return float(0.5 * np.sum((y - f) ** 2))
+        if self.likelihood == "binary":
+            yt = 2 * (np.asarray(y, dtype=np.float64).reshape(N) > 0) - 1.0
+            return float(np.sum(np.logaddexp(0.0, -yt * f[:, 0])))
+        y = np.asarray(y)
+        if y.dtype.kind not in "iu":
+            raise TypeError("y: expected integer class labels for likelihood='classification'")
+        m = f.max(1, keepdims=True)
+        lse = (m + np.log(np.exp(f - m).sum(1, keepdims=True)))[:, 0]
+        return float(np.sum(lse - f[np.arange(N), y]))
+
+    # ---- save / load -------------------------------------------------------------------
+    def _meta(self):
+        net = self._net
+        return {
+            "format": "pykfac-laplace", "version": FORMAT_VERSION,
+            "likelihood": self.likelihood, "structure": self.structure, "subset": self.subset,
+            "kind": self.kind, "mc_samples": self.mc_samples, "rank": self.rank,
+            "kron_damping": self.kron_damping, "sigma_noise": self._sigma,
+            "temperature": self._temperature, "n_data": self.n_data, "n_outputs": self.n_outputs,
+            "loss": self.loss, "dtype": np.dtype(self.dtype).name,
+            "net_sizes": list(net.sizes), "net_activations": list(net.activations),
+            "sizes": list(self._model.sizes), "offsets": [int(o) for o in self._offsets],
+            "D": int(self._offsets[-1]),
+        }
+
+    @staticmethod
+    def _checksum(meta_json, arrays):
+        h = hashlib.sha256(meta_json.encode())
+        for k in sorted(arrays):
+            a = np.ascontiguousarray(arrays[k])
+            h.update(k.encode())
+            h.update(str(a.dtype).encode())
+            h.update(str(a.shape).encode())
+            h.update(a.tobytes())
+        return h.hexdigest()
+
+    def save(self, path):
+        """Save the fitted posterior to an ``.npz`` file (no pickle).
+
+        Stores a format version, the settings, the network's architecture and
+        MAP parameters, the prior, and the structure's arrays (GGN, diagonal,
+        Kronecker factors with their eigendecompositions, or the low-rank
+        eigenpairs), with a SHA-256 checksum of everything. Loading gives
+        bit-identical results.
+        """
+        self._check_fit()
+        if self._from_jac:
+            raise NotImplementedError("save: posteriors built from Jacobians cannot be saved yet")
+        meta = self._meta()
+        arrays = {"net_theta": self._net.theta, "prior_precision": self._prior.values,
+                  "prior_mean": self._prior_mean}
+        arrays.update({"post_" + k: v for k, v in self._post.state().items()})
+        meta_json = json.dumps(meta, sort_keys=True)
+        checksum = self._checksum(meta_json, arrays)
+        with open(path, "wb") as fh:
+            np.savez(fh, meta=np.array(meta_json), checksum=np.array(checksum), **arrays)
+
+    @classmethod
+    def load(cls, path, net=None):
+        """Load a posterior saved by :meth:`save`.
+
+        Parameters
+        ----------
+        path : str or file
+        net : MLP, optional
+            If given it must match the saved network exactly (sizes,
+            activations, dtype and MAP parameters); otherwise ValueError.
+            Without it the network is rebuilt from the file.
+        """
+        with np.load(path, allow_pickle=False) as z:
+            files = dict(z.items())
+        try:
+            meta_json = str(files.pop("meta"))
+            checksum = str(files.pop("checksum"))
+            meta = json.loads(meta_json)
+        except (KeyError, ValueError):
+            raise ValueError(f"{path}: not a pykfac Laplace file") from None
+        if meta.get("format") != "pykfac-laplace":
+            raise ValueError(f"{path}: not a pykfac Laplace file")
+        if meta.get("version") != FORMAT_VERSION:
+            raise ValueError(f"{path}: format version {meta.get('version')} is not supported "
+                             f"(this pykfac reads version {FORMAT_VERSION})")
+        if cls._checksum(meta_json, files) != checksum:
+            raise ValueError(f"{path}: checksum mismatch (the file is corrupted or was modified)")
+        dtype = np.dtype(meta["dtype"])
+        theta = files["net_theta"]
+        if net is None:
+            net = MLP(meta["net_sizes"], activation=meta["net_activations"] or "tanh", dtype=dtype)
+            net.theta = theta
+        else:
+            if not isinstance(net, MLP):
+                raise TypeError(f"net: expected a pykfac.MLP, got {type(net).__name__}")
+            got = (list(net.sizes), list(net.activations), net.dtype.name)
+            want = (meta["net_sizes"], meta["net_activations"], dtype.name)
+            if got != want:
+                raise ValueError(f"net: does not match the saved Laplace: sizes/activations/dtype "
+                                 f"{want}, got {got}")
+            if not np.array_equal(net.theta, theta):
+                raise ValueError("net: its parameters differ from the MAP the saved posterior was "
+                                 "fitted at")
+        la = cls(net, likelihood=meta["likelihood"], structure=meta["structure"], subset=meta["subset"],
+                 prior_precision=files["prior_precision"], sigma_noise=meta["sigma_noise"],
+                 temperature=meta["temperature"], prior_mean=files["prior_mean"], kind=meta["kind"],
+                 mc_samples=meta["mc_samples"], rank=meta["rank"], kron_damping=meta["kron_damping"])
+        st = {k[5:]: v for k, v in files.items() if k.startswith("post_")}
+        la._post = _POSTERIORS[meta["structure"]].from_state(st, la._offsets, meta)
+        la.loss, la.n_data = meta["loss"], meta["n_data"]
+        return la
+
+    def __repr__(self):
+        state = "fitted" if self._post is not None else "not fitted"
+        return (f"Laplace(likelihood={self.likelihood!r}, structure={self.structure!r}, "
+                f"subset={self.subset!r}, D={self._offsets[-1] if hasattr(self, '_offsets') else None}, {state})")
