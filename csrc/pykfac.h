@@ -12,6 +12,8 @@
  *                solves and powers through eigendecompositions, log-det
  *   pk_linalg.h  framework-agnostic Laplace algebra: GGN from Jacobians,
  *                Woodbury, Cholesky, Kronecker eigen-solves, matrix normals
+ *   pk_optim.h   K-FAC's damped block-diagonal / block-tridiagonal inverse,
+ *                SGD and Adam updates
  *
  * House rules: every fallible function returns PK_OK or a negative PK_ERR_*
  * code; outputs are allocated by the caller; matrices are row-major and
@@ -35,5 +37,6 @@
 #include "pk_kron.h"
 #include "pk_linalg.h"
 #include "pk_mlp.h"
+#include "pk_optim.h"
 
 #endif

@@ -30,6 +30,8 @@ from .kfac import kfac
 from .kron import KronCurvature
 from .laplace import Laplace
 from .mlp import ACTIVATIONS, MLP, Layer
+from . import optim
+from .train import train
 
 __version__ = "0.1.0"
 
@@ -56,9 +58,11 @@ __all__ = [
     "loss",
     "loss_and_grad",
     "loss_per_sample",
+    "optim",
     "output_curvature",
     "residual_matvec",
     "show_config",
+    "train",
     "vjp",
 ]
 
