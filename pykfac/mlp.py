@@ -9,8 +9,11 @@ import numbers
 import numpy as np
 
 from . import _core
+from ._data import resolve_seed
 
 __all__ = ["MLP", "Layer", "ACTIVATIONS"]
+
+_MAX_PARAMS = 2**31 - 1
 
 #: Hidden-layer activations; the position is the C core's code (pk_act_t).
 #: leaky_relu uses slope 0.01, elu alpha 1, softplus beta 1, gelu the exact erf
@@ -19,7 +22,10 @@ ACTIVATIONS = ("identity", "relu", "leaky_relu", "elu", "tanh", "sigmoid", "soft
 
 
 def _model_dtype(dtype):
-    dt = np.dtype(dtype)
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype: expected float32 or float64, got {dtype!r}") from None
     if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
         raise TypeError(f"dtype: expected float32 or float64, got {dt}")
     return dt
@@ -67,7 +73,7 @@ class MLP:
         One name for every hidden layer, or one per hidden layer; see ``ACTIVATIONS``.
     dtype : float32 or float64
         Parameters and outputs use this dtype; inputs are cast to it.
-    seed : int
+    seed : int or None
         Initialisation like ``torch.nn.Linear``: W and b uniform in
         ``[-1/sqrt(in), 1/sqrt(in)]``, drawn from ``numpy.random.default_rng(seed)``.
 
@@ -82,10 +88,14 @@ class MLP:
     def __init__(self, sizes, activation="tanh", dtype=np.float64, seed=0):
         sizes = self._check_sizes(sizes)
         self._dtype = _model_dtype(dtype)
+        seed = resolve_seed(seed)
         self._sizes = sizes
         self._activations = self._check_activations(activation, len(sizes) - 2)
         self._act_codes = tuple(ACTIVATIONS.index(a) for a in self._activations)
         D = sum(o * (i + 1) for i, o in zip(sizes[:-1], sizes[1:]))
+        if D > _MAX_PARAMS:
+            raise ValueError(f"sizes: {D} parameters exceed the 32-bit BLAS interface (at most {_MAX_PARAMS})")
+        _core.check_memory(float(D) * self._dtype.itemsize, "MLP")  # MemoryError before allocating
         self._theta = np.empty(D, dtype=self._dtype)
         self._make_layers()
         rng = np.random.default_rng(seed)
@@ -112,6 +122,8 @@ class MLP:
     @staticmethod
     def _check_activations(activation, n_hidden):
         if isinstance(activation, str):
+            if activation not in ACTIVATIONS:
+                raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {activation!r}")
             acts = [activation] * n_hidden
         elif isinstance(activation, (list, tuple)):
             acts = list(activation)
@@ -141,14 +153,20 @@ class MLP:
         ``W_l`` has shape ``(out, in)``; ``dtype`` defaults to the first W's
         dtype when it is float32/float64, else float64.
         """
-        params = list(params)
+        try:
+            params = list(params)
+        except TypeError:
+            raise TypeError(f"params: expected a sequence of (W, b) pairs, got {type(params).__name__}") from None
         if not params:
             raise ValueError("params: expected at least one (W, b) pair")
         Ws, bs = [], []
         for l, pair in enumerate(params):
-            if len(pair) != 2:
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
                 raise ValueError(f"params[{l}]: expected a (W, b) pair")
             W, b = np.asarray(pair[0]), np.asarray(pair[1])
+            for name, arr in (("W", W), ("b", b)):
+                if arr.dtype.kind not in "iuf":
+                    raise TypeError(f"params[{l}]: {name} must be a real array, got dtype {arr.dtype}")
             if W.ndim != 2:
                 raise ValueError(f"params[{l}]: W must be 2-D (out, in), got shape {W.shape}")
             if b.shape != (W.shape[0],):
@@ -179,6 +197,8 @@ class MLP:
     @theta.setter
     def theta(self, value):
         value = np.asarray(value)
+        if value.dtype.kind not in "iuf":
+            raise TypeError(f"theta: expected a real array, got dtype {value.dtype}")
         if value.shape != self._theta.shape:
             raise ValueError(f"theta: expected shape ({self._theta.size},), got {value.shape}")
         self._theta[...] = value

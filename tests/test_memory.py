@@ -483,8 +483,9 @@ MiB = 1 << 20
 def run_child(body, timeout=300):
     code = CHILD_PRELUDE + textwrap.dedent(body)
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
-                          env=env)
+    with tempfile.TemporaryDirectory() as cwd:  # never the source tree as sys.path[0]
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
+                              env=env, cwd=cwd)
     # killed by a signal (OOM killer, segfault) would be a negative return code
     assert proc.returncode == 0, f"child exited with {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout

@@ -153,3 +153,22 @@ def test_seed_is_reproducible():
 def test_unknown_activation_raises():
     with pytest.raises(ValueError):
         pk.MLP([3, 4, 2], activation="swishy", seed=0)
+
+
+def test_constructor_errors_name_the_argument():
+    cases = [
+        (lambda: pk.MLP([3, 2], seed=-1), ValueError, "seed"),
+        (lambda: pk.MLP([3, 2], seed=1.5), TypeError, "seed"),
+        (lambda: pk.MLP([3, 2], dtype="nonsense"), TypeError, "dtype"),
+        (lambda: pk.MLP.from_params(5), TypeError, "params"),
+        (lambda: pk.MLP.from_params([(np.ones((2, 3)) + 1j, np.ones(2))]), TypeError, "params"),
+        (lambda: pk.MLP([1, 2**31]), ValueError, "sizes"),  # rejected before allocating 16 GB
+        (lambda: pk.MLP([3, 2], activation="swish"), ValueError, "activation"),
+    ]
+    for make, exc, name in cases:
+        with pytest.raises(exc, match=rf"^{name}\b"):
+            make()
+    net = pk.MLP([3, 2])
+    with pytest.raises(TypeError, match=r"^theta\b"):
+        net.theta = np.ones(net.num_params) + 1j
+    assert np.all(np.isreal(net.theta))
