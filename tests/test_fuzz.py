@@ -685,8 +685,8 @@ def test_fuzz_mlp_construction(data):
                                   np.int64, np.float16, np.complex128, bool, object]), label="dtype")
     ok_sizes = (2 <= n <= 65 and all(isinstance(w, (int, np.integer)) and not isinstance(w, (bool, np.bool_))
                                        and w >= 1 for w in elems))
-    # with no hidden layer a single name is never used (so never checked)
-    ok_act = (isinstance(act, str) and (act in pk.ACTIVATIONS or hidden == 0)) or (
+    # a single name is checked even when no hidden layer uses it
+    ok_act = (isinstance(act, str) and act in pk.ACTIVATIONS) or (
         isinstance(act, list) and len(act) == hidden and all(a in pk.ACTIVATIONS for a in act))
     ok_dtype = np.dtype(dtype) in (np.float32, np.float64)
     exc = None
