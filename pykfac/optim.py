@@ -113,13 +113,18 @@ class Optimizer:
     def __repr__(self):
         return f"{type(self).__name__}(net={self.net!r}, loss={self.loss!r}, steps={self.steps})"
 
-    def _objective_grad(self, X, y):
-        """(mean batch loss, h(θ), ∇h(θ)) at the current parameters, and N."""
+    def _sum_loss_mean_grad(self, X, y):
+        """(summed batch loss, gradient of the MEAN batch loss, N)."""
         N = _batch_size(X)
         total, g = _core.loss_grad(self.net, X, y, self.loss, True)
+        g /= g.dtype.type(N)
+        return total, g, N
+
+    def _objective_grad(self, X, y):
+        """(mean batch loss, h(θ), ∇h(θ)) at the current parameters, and N."""
+        total, g, N = self._sum_loss_mean_grad(X, y)
         theta = self.net.theta
         value = total / N
-        g /= g.dtype.type(N)
         h = value
         if self.weight_decay:
             g += g.dtype.type(self.weight_decay) * theta
@@ -188,9 +193,7 @@ class SGD(Optimizer):
 
     def step(self, X, y):
         """One SGD update on ``(X, y)``; returns the mean batch loss before it."""
-        N = _batch_size(X)
-        total, g = _core.loss_grad(self.net, X, y, self.loss, True)
-        g /= g.dtype.type(N)
+        total, g, N = self._sum_loss_mean_grad(X, y)
         if not (math.isfinite(total) and np.isfinite(g).all()):
             _check_finite(self, math.nan, self.net.theta)
         _core.sgd_update(self.net.theta, g, self._buf, self.lr, self.momentum, self.nesterov,
@@ -243,9 +246,7 @@ class Adam(Optimizer):
 
     def step(self, X, y):
         """One Adam update on ``(X, y)``; returns the mean batch loss before it."""
-        N = _batch_size(X)
-        total, g = _core.loss_grad(self.net, X, y, self.loss, True)
-        g /= g.dtype.type(N)
+        total, g, N = self._sum_loss_mean_grad(X, y)
         if not (math.isfinite(total) and np.isfinite(g).all()):
             _check_finite(self, math.nan, self.net.theta)
         _core.adam_update(self.net.theta, g, self._m, self._v, self.steps + 1, self.lr,
