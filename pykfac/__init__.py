@@ -30,7 +30,7 @@ from .kfac import kfac
 from .kron import KronCurvature
 from .laplace import Laplace
 from .mlp import ACTIVATIONS, MLP, Layer
-from . import optim
+from . import metrics, optim
 from .train import train
 
 __version__ = "0.1.0"
@@ -55,6 +55,7 @@ __all__ = [
     "jvp",
     "kfac",
     "linalg",
+    "metrics",
     "loss",
     "loss_and_grad",
     "loss_per_sample",
