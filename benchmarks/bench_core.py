@@ -67,25 +67,12 @@ import time
 import warnings
 
 
-def _early_threads(argv):
-    """--threads must act before numpy, pykfac or torch load their BLAS."""
-    for i, a in enumerate(argv):
-        if a == "--threads" and i + 1 < len(argv):
-            return argv[i + 1]
-        if a.startswith("--threads="):
-            return a.split("=", 1)[1]
-    return None
-
-
-_THREADS = _early_threads(sys.argv[1:]) if __name__ == "__main__" else None
-if _THREADS:
-    for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[_var] = _THREADS
-
-import numpy as np  # noqa: E402
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+if __name__ == "__main__":
+    import _threads  # noqa: F401,E402 - sets the BLAS thread count before numpy loads
+
+import numpy as np  # noqa: E402
 
 KERNELS = ("fwd_bwd", "jacobian", "ggn_mv", "kfac_exact", "kfac_mc", "diag_ggn", "diag_mc")
 MC_KERNELS = ("kfac_mc", "diag_mc")

@@ -55,6 +55,7 @@ PK_BLAS_DECL(double, d)
 PK_BLAS_DECL(float, s)
 
 int PK_BLAS(openblas_get_num_threads)(void);
+void PK_BLAS(openblas_set_num_threads)(int num_threads);
 char *PK_BLAS(openblas_get_config)(void);
 char *PK_BLAS(openblas_get_corename)(void);
 

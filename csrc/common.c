@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <math.h>
+#include <pthread.h>
 
 #include "blas.h"
 #include "pk_common.h"
@@ -72,15 +73,121 @@ uint64_t pk_rng_next(pk_rng_t *rng)
 
 double pk_rng_uniform(pk_rng_t *rng) { return (double)(pk_rng_next(rng) >> 11) * 0x1.0p-53; }
 
+/* ---- standard normals: Marsaglia & Tsang's ziggurat (256 layers) ------------
+ * Layer i >= 1 is the rectangle [0, x_i] x [f(x_i), f(x_{i+1})] under
+ * f(x) = exp(-x^2/2); layer 0 is the base strip of width x_0 = V / f(R) whose
+ * part beyond R stands for the tail. Every layer has area V, so a uniform layer
+ * and a uniform point in it, kept when under f, is exact; ~99% are kept at the
+ * first comparison. R and V make the 256 areas tile the curve. The tables are
+ * built once (pthread_once: callers may sample from several threads). */
+#define ZIG_R 3.6541528853610088
+#define ZIG_V 0.00492867323399
+static double zig_x[257], zig_f[257];
+static pthread_once_t zig_once = PTHREAD_ONCE_INIT;
+static void zig_init_all(void);
+
+static void zig_init(void)
+{
+    zig_x[0] = ZIG_V / exp(-0.5 * ZIG_R * ZIG_R);
+    zig_x[1] = ZIG_R;
+    for (int i = 1; i < 255; i++)
+        zig_x[i + 1] = sqrt(-2.0 * log(ZIG_V / zig_x[i] + exp(-0.5 * zig_x[i] * zig_x[i])));
+    zig_x[256] = 0.0;
+    for (int i = 0; i <= 256; i++) zig_f[i] = exp(-0.5 * zig_x[i] * zig_x[i]);
+}
+
+static double zig_sample(pk_rng_t *rng)
+{
+    for (;;) {
+        const uint64_t bits = pk_rng_next(rng);
+        const int i = (int)(bits & 255);
+        /* bits 11..63 as a signed fraction in [-1, 1), independent of the layer bits */
+        const double u = (double)((int64_t)bits >> 11) * 0x1.0p-52;
+        const double z = u * zig_x[i];
+        if (fabs(z) < zig_x[i + 1]) return z;
+        if (i == 0) {
+            double a, b;
+            do {
+                a = -log(1.0 - pk_rng_uniform(rng)) / ZIG_R;
+                b = -log(1.0 - pk_rng_uniform(rng));
+            } while (b + b < a * a);
+            return z > 0 ? ZIG_R + a : -(ZIG_R + a);
+        }
+        if (zig_f[i] + pk_rng_uniform(rng) * (zig_f[i + 1] - zig_f[i]) < exp(-0.5 * z * z)) return z;
+    }
+}
+
+/* float32 draws: each 64-bit output gives two 32-bit words, each a normal from
+ * a 128-layer ziggurat (7 layer bits, a 25-bit signed integer j); the common
+ * case is one integer comparison, |j| < k_i  <=>  |z| < x_{i+1} (k_i rounded
+ * down, so the rare boundary case goes the exact slow way). 24 random bits
+ * per value, as many as a float holds. */
+#define ZIG32_R 3.442619855899
+#define ZIG32_V 9.91256303526217e-3
+static double zig32_x[129], zig32_f[129];
+static float zig32_w[128];
+static uint32_t zig32_k[128];
+
+static void zig32_init(void)
+{
+    zig32_x[0] = ZIG32_V / exp(-0.5 * ZIG32_R * ZIG32_R);
+    zig32_x[1] = ZIG32_R;
+    for (int i = 1; i < 127; i++)
+        zig32_x[i + 1] = sqrt(-2.0 * log(ZIG32_V / zig32_x[i] + exp(-0.5 * zig32_x[i] * zig32_x[i])));
+    zig32_x[128] = 0.0;
+    for (int i = 0; i <= 128; i++) zig32_f[i] = exp(-0.5 * zig32_x[i] * zig32_x[i]);
+    for (int i = 0; i < 128; i++) {
+        zig32_w[i] = (float)(zig32_x[i] * 0x1.0p-24);
+        zig32_k[i] = (uint32_t)floor(zig32_x[i + 1] / zig32_x[i] * 0x1.0p24);
+    }
+}
+
+static float zig32_slow(pk_rng_t *rng, int i, int32_t j)
+{
+    const double z = (double)j * zig32_x[i] * 0x1.0p-24;
+    if (fabs(z) < zig32_x[i + 1]) return (float)z; /* k_i was rounded down */
+    if (i == 0) {
+        double a, b;
+        do {
+            a = -log(1.0 - pk_rng_uniform(rng)) / ZIG32_R;
+            b = -log(1.0 - pk_rng_uniform(rng));
+        } while (b + b < a * a);
+        return (float)(z > 0 ? ZIG32_R + a : -(ZIG32_R + a));
+    }
+    if (zig32_f[i] + pk_rng_uniform(rng) * (zig32_f[i + 1] - zig32_f[i]) < exp(-0.5 * z * z)) return (float)z;
+    return NAN; /* rejected: the caller draws again */
+}
+
+static void zig32_fill(pk_rng_t *rng, int64_t n, float *o)
+{
+    int64_t t = 0;
+    while (t < n) {
+        const uint64_t bits = pk_rng_next(rng);
+        for (int h = 0; h < 2 && t < n; h++) {
+            const uint32_t w = (uint32_t)(bits >> (32 * h));
+            const int i = (int)(w & 127);
+            const int32_t j = (int32_t)w >> 7;
+            const uint32_t aj = (uint32_t)(j < 0 ? -j : j);
+            if (aj < zig32_k[i]) {
+                o[t++] = (float)j * zig32_w[i];
+            } else {
+                const float z = zig32_slow(rng, i, j);
+                if (z == z) o[t++] = z;
+            }
+        }
+    }
+}
+
+static void zig_init_all(void)
+{
+    zig_init();
+    zig32_init();
+}
+
 double pk_rng_normal(pk_rng_t *rng)
 {
-    double u, v, r2;
-    do {
-        u = 2.0 * pk_rng_uniform(rng) - 1.0;
-        v = 2.0 * pk_rng_uniform(rng) - 1.0;
-        r2 = u * u + v * v;
-    } while (r2 >= 1.0 || r2 == 0.0);
-    return u * sqrt(-2.0 * log(r2) / r2);
+    pthread_once(&zig_once, zig_init_all);
+    return zig_sample(rng);
 }
 
 int pk_rng_fill_normal(pk_rng_t *rng, pk_dtype_t dtype, int64_t n, void *out)
@@ -88,10 +195,12 @@ int pk_rng_fill_normal(pk_rng_t *rng, pk_dtype_t dtype, int64_t n, void *out)
     if (!rng || n < 0 || (n > 0 && !out)) return PK_ERR_BAD_ARG;
     if (dtype == PK_FLOAT64) {
         double *o = out;
-        for (int64_t i = 0; i < n; i++) o[i] = pk_rng_normal(rng);
+        pthread_once(&zig_once, zig_init_all);
+        for (int64_t i = 0; i < n; i++) o[i] = zig_sample(rng);
     } else if (dtype == PK_FLOAT32) {
         float *o = out;
-        for (int64_t i = 0; i < n; i++) o[i] = (float)pk_rng_normal(rng);
+        pthread_once(&zig_once, zig_init_all);
+        zig32_fill(rng, n, o);
     } else {
         return PK_ERR_DTYPE;
     }
@@ -118,6 +227,7 @@ const char *pk_blas_source(void) { return PK_BLAS_SOURCE; }
 const char *pk_blas_config(void) { return PK_BLAS(openblas_get_config)(); }
 const char *pk_blas_corename(void) { return PK_BLAS(openblas_get_corename)(); }
 int pk_blas_num_threads(void) { return PK_BLAS(openblas_get_num_threads)(); }
+void pk_blas_set_num_threads(int n) { PK_BLAS(openblas_set_num_threads)(n); }
 
 const char *pk_blas_library_path(void)
 {

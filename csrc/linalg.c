@@ -311,16 +311,16 @@ int pk_kron_spectral_apply(pk_dtype_t dtype, int64_t nG, int64_t nA, const void 
 
 int pk_kron_sample(pk_dtype_t dtype, int64_t nG, int64_t nA, const void *wG, const void *QG,
                    const void *wA, const void *QA, double scale, double damping, int factored,
-                   int64_t m, const void *Z, void *R)
+                   int64_t m, pk_rng_t *rng, int64_t ld, void *out)
 {
     int rc = check_dtype(dtype);
     if (rc != PK_OK) return rc;
-    CHECK_DIMS(nG, nA, m, m * nG, nG * nA);
+    CHECK_DIMS(nG, nA, m, ld, m * ld, nG * nA);
     if (!isfinite(scale) || !isfinite(damping) || (factored && damping < 0.0)) return PK_ERR_BAD_ARG;
-    if (nG * nA == 0) return PK_OK;
-    if (!wG || !QG || !wA || !QA || (m > 0 && (!Z || !R))) return PK_ERR_BAD_ARG;
-    return DISPATCH(kron_sample_d(nG, nA, wG, QG, wA, QA, scale, damping, factored, m, Z, R),
-                    kron_sample_f(nG, nA, wG, QG, wA, QA, scale, damping, factored, m, Z, R));
+    if (nG * nA == 0 || m == 0) return PK_OK;
+    if (nA < 1 || ld < nG * nA || !wG || !QG || !wA || !QA || !rng || !out) return PK_ERR_BAD_ARG;
+    return DISPATCH(kron_sample_d(nG, nA, wG, QG, wA, QA, scale, damping, factored, m, rng, ld, out),
+                    kron_sample_f(nG, nA, wG, QG, wA, QA, scale, damping, factored, m, rng, ld, out));
 }
 
 int pk_kron_inv_quad(pk_dtype_t dtype, int64_t nG, int64_t nA, const void *wG, const void *QG,
@@ -335,6 +335,29 @@ int pk_kron_inv_quad(pk_dtype_t dtype, int64_t nG, int64_t nA, const void *wG, c
     if (!wG || !QG || !wA || !QA || !Gv || !Av || !out) return PK_ERR_BAD_ARG;
     return DISPATCH(kron_inv_quad_d(nG, nA, wG, QG, wA, QA, scale, damping, factored, N, K, Gv, Av, out),
                     kron_inv_quad_f(nG, nA, wG, QG, wA, QA, scale, damping, factored, N, K, Gv, Av, out));
+}
+
+int pk_diag_inv_quad(pk_dtype_t dtype, int64_t nG, int64_t nA, const void *F, int64_t N, int64_t K,
+                     const void *Gv, const void *Av, void *out)
+{
+    int rc = check_dtype(dtype);
+    if (rc != PK_OK) return rc;
+    CHECK_DIMS(nG, nA, N, K, N * K, N * nA, N * K * nG);
+    if (N * K == 0 || nG * nA == 0) return PK_OK;
+    if (!F || !Gv || !Av || !out) return PK_ERR_BAD_ARG;
+    return DISPATCH(diag_inv_quad_d(nG, nA, F, N, K, Gv, Av, out),
+                    diag_inv_quad_f(nG, nA, F, N, K, Gv, Av, out));
+}
+
+int pk_linear_cov_quad(pk_dtype_t dtype, int64_t nG, int64_t nA, const void *S, int64_t N,
+                       const void *Av, void *out)
+{
+    int rc = check_dtype(dtype);
+    if (rc != PK_OK) return rc;
+    CHECK_DIMS(nG, nA, N, nG * nA, nG * nG * nA, N * nG * nG);
+    if (N == 0 || nG == 0) return PK_OK;
+    if (nA < 1 || !S || !Av || !out) return PK_ERR_BAD_ARG;
+    return DISPATCH(linear_cov_quad_d(nG, nA, S, N, Av, out), linear_cov_quad_f(nG, nA, S, N, Av, out));
 }
 
 int pk_matrix_normal_sample(pk_dtype_t dtype, int64_t r, int64_t c, const void *M,

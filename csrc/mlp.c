@@ -143,6 +143,17 @@ int pk_jacobian(const pk_mlp_t *net, int64_t n, const void *X, void *J)
     return DISPATCH(jacobian_d(net, n, X, J), jacobian_f(net, n, X, J));
 }
 
+int pk_layer_jacobians(const pk_mlp_t *net, int64_t n, const void *X, void **G, void **A)
+{
+    int rc = check_common(net, n, X);
+    if (rc) return rc;
+    if (!G || !A) return PK_ERR_BAD_ARG;
+    for (int l = 0; l < net->n_layers; l++)
+        if (!G[l] || !A[l]) return PK_ERR_BAD_ARG;
+    return DISPATCH(layer_jacobians_d(net, n, X, (double **)G, (double **)A),
+                    layer_jacobians_f(net, n, X, (float **)G, (float **)A));
+}
+
 int pk_jvp(const pk_mlp_t *net, int64_t n, const void *X, int64_t m, const void *V, void *out)
 {
     int rc = check_common(net, n, X);
@@ -198,20 +209,21 @@ static int check_fisher(pk_fisher_t kind, int mc_samples, pk_rng_t *rng, int all
 }
 
 int pk_diag_curvature(const pk_mlp_t *net, pk_fisher_t kind, pk_loss_t loss, int64_t n,
-                      const void *X, const void *y, int mc_samples, pk_rng_t *rng, void *out)
+                      const void *X, const void *y, int mc_samples, pk_rng_t *rng, void *out,
+                      double *loss_out)
 {
     int rc = check_common(net, n, X);
     if (!rc) rc = check_loss(net, loss, n, y);
     if (!rc) rc = check_fisher(kind, mc_samples, rng, 0);
     if (rc) return rc;
     if (!out) return PK_ERR_BAD_ARG;
-    return DISPATCH(diag_curvature_d(net, kind, loss, n, X, y, mc_samples, rng, out),
-                    diag_curvature_f(net, kind, loss, n, X, y, mc_samples, rng, out));
+    return DISPATCH(diag_curvature_d(net, kind, loss, n, X, y, mc_samples, rng, out, loss_out),
+                    diag_curvature_f(net, kind, loss, n, X, y, mc_samples, rng, out, loss_out));
 }
 
 int pk_kfac_factors(const pk_mlp_t *net, pk_fisher_t kind, pk_loss_t loss, int64_t n,
                     const void *X, const void *y, int mc_samples, pk_rng_t *rng, void *const *A,
-                    void *const *G, void *const *A_cross, void *const *G_cross)
+                    void *const *G, void *const *A_cross, void *const *G_cross, double *loss_out)
 {
     int rc = check_common(net, n, X);
     if (!rc) rc = check_loss(net, loss, n, y);
@@ -224,9 +236,11 @@ int pk_kfac_factors(const pk_mlp_t *net, pk_fisher_t kind, pk_loss_t loss, int64
     for (int l = 0; A_cross && l + 1 < net->n_layers; l++)
         if (!A_cross[l] || !G_cross[l]) return PK_ERR_BAD_ARG;
     return DISPATCH(kfac_factors_d(net, kind, loss, n, X, y, mc_samples, rng, (double *const *)A,
-                                   (double *const *)G, (double *const *)A_cross, (double *const *)G_cross),
+                                   (double *const *)G, (double *const *)A_cross, (double *const *)G_cross,
+                                   loss_out),
                     kfac_factors_f(net, kind, loss, n, X, y, mc_samples, rng, (float *const *)A,
-                                   (float *const *)G, (float *const *)A_cross, (float *const *)G_cross));
+                                   (float *const *)G, (float *const *)A_cross, (float *const *)G_cross,
+                                   loss_out));
 }
 
 int pk_output_curvature(const pk_mlp_t *net, pk_loss_t loss, int64_t n, const void *X,

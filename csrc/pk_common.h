@@ -54,7 +54,7 @@ typedef struct {
 void pk_rng_seed(pk_rng_t *rng, uint64_t seed);
 uint64_t pk_rng_next(pk_rng_t *rng);
 double pk_rng_uniform(pk_rng_t *rng);   /* in [0, 1) with 53 random bits */
-double pk_rng_normal(pk_rng_t *rng);    /* standard normal (polar Box-Muller, no cached pair) */
+double pk_rng_normal(pk_rng_t *rng);    /* standard normal (ziggurat, exact up to rounding) */
 
 /* Fill out[0..n) with standard normals in the given dtype. */
 int pk_rng_fill_normal(pk_rng_t *rng, pk_dtype_t dtype, int64_t n, void *out) PK_MUST_CHECK;
@@ -70,6 +70,8 @@ const char *pk_blas_source(void);
 const char *pk_blas_config(void);
 const char *pk_blas_corename(void);
 int pk_blas_num_threads(void);
+/* Threads of the BLAS this library calls (not NumPy's own copy); n >= 1. */
+void pk_blas_set_num_threads(int n);
 /* Path of the shared object that provides dgemm, via dladdr ("" if unknown). */
 const char *pk_blas_library_path(void);
 

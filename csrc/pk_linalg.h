@@ -201,17 +201,19 @@ int pk_kron_spectral_apply(pk_dtype_t dtype, int64_t nG, int64_t nA, const void 
                            double damping, double power, int64_t m, const void *X,
                            void *R) PK_MUST_CHECK;
 
-/* R (m x nG x nA): m draws of N(0, (scale G (x) A + damping I)^-1) in plain
- * Kronecker order from m standard-normal matrices Z (m x nG x nA), as the
- * matrix-normal form R_j = QG [F o Z_j] QA^T with F_ik = (damped eigenvalue)^-1/2
- * (the rotation QG^T Z QA of the symmetric square root is skipped: Z is
+/* m draws of N(0, (scale G (x) A + damping I)^-1) for a dense layer's [W b]
+ * block (nG x nA, the bias last), ADDED to out: draw j goes to out + j*ld in
+ * theta order (W row-major, nG x (nA-1), then b), so the caller can start from
+ * the posterior mean and pass the layer's offset. Matrix-normal form: the draw
+ * is QG [F o Z] QA^T with Z standard normal from rng and F_ik = (damped
+ * eigenvalue)^-1/2 (the rotation of a symmetric square root is skipped: Z is
  * isotropic). factored != 0: (scale wG_i + sqrt(damping))(wA_k + sqrt(damping)).
  * Factor eigenvalues are clipped at the roundoff level as in pk_kron.h;
- * PK_ERR_SINGULAR if a damped eigenvalue is <= 0. R may be Z.
- * Cost O(m nG nA (nG + nA)), half of pk_kron_spectral_apply. */
+ * PK_ERR_SINGULAR if a damped eigenvalue is <= 0. Cost O(m nG nA (nG + nA));
+ * scratch two buffers of about 2^22 elements. */
 int pk_kron_sample(pk_dtype_t dtype, int64_t nG, int64_t nA, const void *wG, const void *QG,
                    const void *wA, const void *QA, double scale, double damping, int factored,
-                   int64_t m, const void *Z, void *R) PK_MUST_CHECK;
+                   int64_t m, pk_rng_t *rng, int64_t ld, void *out) PK_MUST_CHECK;
 
 /* GLM variances of a dense layer through its Kronecker block, without
  * forming the Jacobian's rotations. Row (n, k) of the layer's Jacobian (plain
@@ -230,6 +232,23 @@ int pk_kron_sample(pk_dtype_t dtype, int64_t nG, int64_t nA, const void *wG, con
 int pk_kron_inv_quad(pk_dtype_t dtype, int64_t nG, int64_t nA, const void *wG, const void *QG,
                      const void *wA, const void *QA, double scale, double damping, int factored,
                      int64_t N, int64_t K, const void *Gv, const void *Av, void *out) PK_MUST_CHECK;
+
+/* The same quadratic forms for a diagonal covariance: F (nG x nA) holds the
+ * variances of the layer's parameters in [W b] order (F_ij for W_ij, F_i,nA-1
+ * for b_i, with Av's last column 1), so
+ *   out_n[k, k'] += sum_ij g_nk,i g_nk',i a_n,j^2 F_ij.
+ * Gv (N x K x nG), Av (N x nA). Cost O(N (nA nG + K^2 nG)); scratch N (nA + nG). */
+int pk_diag_inv_quad(pk_dtype_t dtype, int64_t nG, int64_t nA, const void *F, int64_t N, int64_t K,
+                     const void *Gv, const void *Av, void *out) PK_MUST_CHECK;
+
+/* GLM variances of a linear model f = W a + b (a network's last layer on its
+ * features) under a dense covariance S ((nG nA) x (nG nA), theta order: W
+ * row-major nG x (nA-1), then b): the Jacobian rows are e_k (x) a_n, so
+ *   out_n[k, k'] = abar_n^T S[(k, :), (k', :)] abar_n    (Av (N x nA) ends with 1).
+ * Cost O(N nG^2 nA^2) in one GEMM per chunk (half of J S J^T with J formed:
+ * O(N nG (nG nA)^2)); scratch nG^2 nA (nA + chunk) elements. */
+int pk_linear_cov_quad(pk_dtype_t dtype, int64_t nG, int64_t nA, const void *S, int64_t N,
+                       const void *Av, void *out) PK_MUST_CHECK;
 
 /* out (n x r x c): n draws of the matrix normal MN(M, U, V), i.e.
  * X = M + LU Z LV^T with Z (r x c) standard normal from rng and the Cholesky

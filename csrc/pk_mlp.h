@@ -77,6 +77,12 @@ int pk_loss_per_sample(const pk_mlp_t *net, pk_loss_t loss, int64_t n, const voi
 /* J (n x K x D): J[i, k, :] = d f_k(x_i) / d theta. */
 int pk_jacobian(const pk_mlp_t *net, int64_t n, const void *X, void *J) PK_MUST_CHECK;
 
+/* The Jacobian rows in factored form, per layer l: G[l] (n x K x sizes[l+1]) =
+ * d f_k(x_i) / d s_l (the bias columns of J) and A[l] (n x sizes[l]) = a_l, the
+ * layer's input (A[0] = X). Then J[i, k, W_l] = G[l][i, k, :] (x) A[l][i, :] and
+ * J[i, k, b_l] = G[l][i, k, :]: O(n K sum(sizes)) memory instead of O(n K D). */
+int pk_layer_jacobians(const pk_mlp_t *net, int64_t n, const void *X, void **G, void **A) PK_MUST_CHECK;
+
 /* Forward mode: out (n x K x m) = J V for V (D x m). */
 int pk_jvp(const pk_mlp_t *net, int64_t n, const void *X, int64_t m, const void *V,
            void *out) PK_MUST_CHECK;
@@ -101,10 +107,11 @@ int pk_ggn(const pk_mlp_t *net, pk_loss_t loss, int64_t n, const void *X, const 
 
 /* out (D) += diagonal of the GGN (EXACT), of its Monte-Carlo estimate with
  * mc_samples sampled targets per datum (MC, averaged over samples), or of the
- * empirical Fisher sum_n grad_n grad_n^T (EMPIRICAL). rng is used by MC only. */
+ * empirical Fisher sum_n grad_n grad_n^T (EMPIRICAL). rng is used by MC only.
+ * loss_out (may be NULL) += sum_n loss_n from the same forward pass. */
 int pk_diag_curvature(const pk_mlp_t *net, pk_fisher_t kind, pk_loss_t loss, int64_t n,
                       const void *X, const void *y, int mc_samples, pk_rng_t *rng,
-                      void *out) PK_MUST_CHECK;
+                      void *out, double *loss_out) PK_MUST_CHECK;
 
 /* Kronecker factors for every layer, ACCUMULATED so batches add up:
  *   A[l] (sizes[l]+1 squared) += sum_n abar_n abar_n^T   (abar = [a; 1], unnormalised)
@@ -117,10 +124,12 @@ int pk_diag_curvature(const pk_mlp_t *net, pk_fisher_t kind, pk_loss_t loss, int
  * Cross-layer statistics for the block-tridiagonal K-FAC (Martens & Grosse
  * sec. 4.3), both NULL or both given with L - 1 entries (not for KFRA):
  *   A_cross[l] ((sizes[l]+1) x (sizes[l+1]+1)) += sum_n abar_l abar_{l+1}^T
- *   G_cross[l] (sizes[l+1] x sizes[l+2])       += sum_n g_l g_{l+1}^T (same scaling as G) */
+ *   G_cross[l] (sizes[l+1] x sizes[l+2])       += sum_n g_l g_{l+1}^T (same scaling as G)
+ * loss_out (may be NULL) += sum_n loss_n from the same forward pass. */
 int pk_kfac_factors(const pk_mlp_t *net, pk_fisher_t kind, pk_loss_t loss, int64_t n,
                     const void *X, const void *y, int mc_samples, pk_rng_t *rng, void *const *A,
-                    void *const *G, void *const *A_cross, void *const *G_cross) PK_MUST_CHECK;
+                    void *const *G, void *const *A_cross, void *const *G_cross,
+                    double *loss_out) PK_MUST_CHECK;
 
 /* Output-space pieces at the current parameters (n rows):
  * dloss (n x K) = dl/df; lam (n x K x K) = Lambda_n; sqrt_lam (n x K x K) with

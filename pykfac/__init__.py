@@ -5,6 +5,8 @@ K-FAC/KFLR/KFRA approximations, on NumPy arrays, computed by a C core over
 OpenBLAS. Conventions (sum over data, parameter order, Kronecker order):
 see the README and CONVENTIONS.md.
 """
+import numpy as _np
+
 from . import _core, linalg
 from ._core import LinAlgError
 from .curvature import (
@@ -18,6 +20,7 @@ from .curvature import (
     hessian,
     hvp,
     jacobian,
+    jacobian_factors,
     jvp,
     loss,
     loss_and_grad,
@@ -52,6 +55,7 @@ __all__ = [
     "hessian",
     "hvp",
     "jacobian",
+    "jacobian_factors",
     "jvp",
     "kfac",
     "linalg",
@@ -62,10 +66,40 @@ __all__ = [
     "optim",
     "output_curvature",
     "residual_matvec",
+    "set_num_threads",
     "show_config",
     "train",
     "vjp",
 ]
+
+
+class set_num_threads:
+    """Set how many threads the BLAS under pykfac's C core uses (NumPy's own
+    BLAS is not affected). Returns an object that also works as a context
+    manager restoring the previous count::
+
+        pk.set_num_threads(1)                 # from now on
+        with pk.set_num_threads(1):           # only inside the block
+            pk.kfac(net, data, "ce")
+
+    One thread is often faster for small networks, and always when other
+    processes keep the cores busy: OpenBLAS threads wait for each other by
+    spinning. ``num_threads`` holds the count now in effect, ``previous`` the one
+    before. Not for use while other Python threads run pykfac kernels.
+    """
+
+    def __init__(self, n):
+        if isinstance(n, bool) or not isinstance(n, (int, _np.integer)):
+            raise TypeError(f"n: expected an int, got {type(n).__name__}")
+        self.previous = _core.blas_info()["num_threads"]
+        self.num_threads = _core.set_blas_threads(int(n))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        _core.set_blas_threads(self.previous)
+        return False
 
 
 def show_config(print_out=True):

@@ -446,6 +446,20 @@ static PyObject *py_blas_info(PyObject *self, PyObject *noargs)
                          pk_blas_num_threads(), "library", pk_blas_library_path());
 }
 
+/* set_blas_threads(n) -> the count now in effect. Takes the GIL-held path on
+ * purpose: OpenBLAS may start or park threads, and callers serialise on it. */
+static PyObject *py_set_blas_threads(PyObject *self, PyObject *arg)
+{
+    long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred()) return NULL;
+    if (n < 1 || n > 1024) {
+        PyErr_Format(PyExc_ValueError, "n: expected a thread count in [1, 1024], got %ld", n);
+        return NULL;
+    }
+    pk_blas_set_num_threads((int)n);
+    return PyLong_FromLong(pk_blas_num_threads());
+}
+
 static PyObject *py_strerror(PyObject *self, PyObject *arg)
 {
     long code = PyLong_AsLong(arg);
@@ -464,6 +478,8 @@ static PyObject *py_raise_status(PyObject *self, PyObject *arg)
 
 static PyMethodDef base_methods[] = {
     {"blas_info", py_blas_info, METH_NOARGS, "Which BLAS the C core is linked against."},
+    {"set_blas_threads", py_set_blas_threads, METH_O,
+     "set_blas_threads(n) -> threads now used by the C core's BLAS"},
     {"strerror", py_strerror, METH_O, "The message of a C status code."},
     {"raise_status", py_raise_status, METH_O, "Raise the exception a C status code maps to."},
     {"check_memory", py_check_memory, METH_VARARGS,

@@ -745,44 +745,58 @@ out:
     return result;
 }
 
+/* kron_sample(wG, QG, wA, QA, out, seed, ...): out (n, nG nA) is a writeable
+ * array with contiguous rows (a column block of the (n, D) samples, ld = its
+ * row stride); the draws are ADDED in theta order. */
 static PyObject *py_kron_sample(PyObject *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"wG", "QG", "wA", "QA", "Z", "scale", "damping", "factored", NULL};
-    PyObject *wGo, *QGo, *wAo, *QAo, *Zo, *result = NULL;
+    static char *kwlist[] = {"wG", "QG", "wA", "QA", "out", "seed", "scale", "damping", "factored", NULL};
+    PyObject *wGo, *QGo, *wAo, *QAo, *outo, *seed;
     double scale = 1.0, damping = 0.0;
     int factored = 0, t, rc;
-    PyArrayObject *wG = NULL, *QG = NULL, *wA = NULL, *QA = NULL, *Z = NULL, *R = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOO|$ddp:kron_sample", kwlist, &wGo, &QGo, &wAo,
-                                     &QAo, &Zo, &scale, &damping, &factored))
+    PyArrayObject *wG = NULL, *QG = NULL, *wA = NULL, *QA = NULL;
+    pk_rng_t rng;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOO|$ddp:kron_sample", kwlist, &wGo, &QGo, &wAo,
+                                     &QAo, &outo, &seed, &scale, &damping, &factored))
         return NULL;
+    if (pk_parse_seed(seed, &rng) < 0) return NULL;
     if (call_typenum(QGo, "QG", &t)) return NULL;
     npy_intp nG = -1, nA = -1;
-    if (!(QG = arr_square(QGo, "QG", t, &nG)) || !(QA = arr_square(QAo, "QA", t, &nA))) goto out;
-    npy_intp sg[1] = {nG}, sa[1] = {nA}, zs[3] = {-1, nG, nA};
-    if (!(wG = arr(wGo, "wG", t, 1, sg)) || !(wA = arr(wAo, "wA", t, 1, sa))) goto out;
-    if (!(Z = arr(Zo, "Z", t, 3, zs))) goto out;
+    if (!(QG = arr_square(QGo, "QG", t, &nG)) || !(QA = arr_square(QAo, "QA", t, &nA))) goto fail;
+    npy_intp sg[1] = {nG}, sa[1] = {nA};
+    if (!(wG = arr(wGo, "wG", t, 1, sg)) || !(wA = arr(wAo, "wA", t, 1, sa))) goto fail;
     if (!isfinite(scale) || !isfinite(damping) || (factored && damping < 0)) {
         PyErr_SetString(PyExc_ValueError, "scale, damping: expected finite numbers (damping >= 0 when factored)");
-        goto out;
+        goto fail;
     }
-    if (!(R = new_arr(3, PyArray_DIMS(Z), t))) goto out;
+    PyArrayObject *o = (PyArrayObject *)outo;
+    const npy_intp isz = t == NPY_FLOAT32 ? (npy_intp)sizeof(float) : (npy_intp)sizeof(double);
+    const npy_intp p = nG * nA;
+    /* strides only matter when there are rows: an empty view may carry any */
+    if (!PyArray_Check(outo) || PyArray_TYPE(o) != t || PyArray_NDIM(o) != 2 || PyArray_DIM(o, 1) != p ||
+        !PyArray_ISWRITEABLE(o) || !PyArray_ISALIGNED(o) ||
+        (PyArray_DIM(o, 0) > 0 && ((p > 1 && PyArray_STRIDE(o, 1) != isz) || PyArray_STRIDE(o, 0) % isz)) ||
+        (PyArray_DIM(o, 0) > 1 && PyArray_STRIDE(o, 0) / isz < p)) {
+        PyErr_Format(PyExc_ValueError, "out: expected a writeable (n, %ld) %s array with contiguous rows",
+                     (long)p, t == NPY_FLOAT32 ? "float32" : "float64");
+        goto fail;
+    }
+    const int64_t ld = PyArray_DIM(o, 0) > 1 ? (int64_t)(PyArray_STRIDE(o, 0) / isz) : p;
     LA_CALL(pk_kron_sample(pkdt(t), nG, nA, PyArray_DATA(wG), PyArray_DATA(QG), PyArray_DATA(wA),
-                           PyArray_DATA(QA), scale, damping, factored, PyArray_DIM(Z, 0), PyArray_DATA(Z),
-                           PyArray_DATA(R)));
-    if (rc) {
-        raise_ctx(rc, "kron_sample");
-        goto out;
-    }
-    result = (PyObject *)R;
-    R = NULL;
-out:
+                           PyArray_DATA(QA), scale, damping, factored, PyArray_DIM(o, 0), &rng, ld,
+                           PyArray_DATA(o)));
+    Py_DECREF(wG);
+    Py_DECREF(QG);
+    Py_DECREF(wA);
+    Py_DECREF(QA);
+    if (rc) return raise_ctx(rc, "kron_sample");
+    Py_RETURN_NONE;
+fail:
     Py_XDECREF(wG);
     Py_XDECREF(QG);
     Py_XDECREF(wA);
     Py_XDECREF(QA);
-    Py_XDECREF(Z);
-    Py_XDECREF(R);
-    return result;
+    return NULL;
 }
 
 static PyObject *py_kron_inv_quad(PyObject *self, PyObject *args, PyObject *kwds)
@@ -825,6 +839,76 @@ out:
     Py_XDECREF(wA);
     Py_XDECREF(QA);
     Py_XDECREF(Gv);
+    Py_XDECREF(Av);
+    Py_XDECREF(O);
+    return result;
+}
+
+static PyObject *py_diag_inv_quad(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"F", "Gv", "Av", NULL};
+    PyObject *Fo, *Gvo, *Avo, *result = NULL;
+    int t, rc;
+    PyArrayObject *F = NULL, *Gv = NULL, *Av = NULL, *O = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO:diag_inv_quad", kwlist, &Fo, &Gvo, &Avo))
+        return NULL;
+    if (call_typenum(Fo, "F", &t)) return NULL;
+    npy_intp fs[2] = {-1, -1};
+    if (!(F = arr(Fo, "F", t, 2, fs))) goto out;
+    npy_intp nG = PyArray_DIM(F, 0), nA = PyArray_DIM(F, 1);
+    npy_intp gs[3] = {-1, -1, nG};
+    if (!(Gv = arr(Gvo, "Gv", t, 3, gs))) goto out;
+    npy_intp N = PyArray_DIM(Gv, 0), K = PyArray_DIM(Gv, 1);
+    npy_intp as[2] = {N, nA};
+    if (!(Av = arr(Avo, "Av", t, 2, as))) goto out;
+    npy_intp od[3] = {N, K, K};
+    if (!(O = (PyArrayObject *)PyArray_ZEROS(3, od, t, 0))) goto out;
+    LA_CALL(pk_diag_inv_quad(pkdt(t), nG, nA, PyArray_DATA(F), N, K, PyArray_DATA(Gv), PyArray_DATA(Av),
+                             PyArray_DATA(O)));
+    if (rc) {
+        raise_ctx(rc, "diag_inv_quad");
+        goto out;
+    }
+    result = (PyObject *)O;
+    O = NULL;
+out:
+    Py_XDECREF(F);
+    Py_XDECREF(Gv);
+    Py_XDECREF(Av);
+    Py_XDECREF(O);
+    return result;
+}
+
+static PyObject *py_linear_cov_quad(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"S", "Av", "n_outputs", NULL};
+    PyObject *So, *Avo, *result = NULL;
+    Py_ssize_t nG;
+    int t, rc;
+    PyArrayObject *S = NULL, *Av = NULL, *O = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOn:linear_cov_quad", kwlist, &So, &Avo, &nG)) return NULL;
+    if (call_typenum(So, "S", &t)) return NULL;
+    npy_intp p = -1;
+    if (!(S = arr_square(So, "S", t, &p))) goto out;
+    npy_intp as[2] = {-1, -1};
+    if (!(Av = arr(Avo, "Av", t, 2, as))) goto out;
+    npy_intp N = PyArray_DIM(Av, 0), nA = PyArray_DIM(Av, 1);
+    if (nG < 1 || nG * nA != p) {
+        PyErr_Format(PyExc_ValueError, "S: expected shape (n_outputs * %ld, n_outputs * %ld) with n_outputs = %ld, got (%ld, %ld)",
+                     (long)nA, (long)nA, (long)nG, (long)p, (long)p);
+        goto out;
+    }
+    npy_intp od[3] = {N, (npy_intp)nG, (npy_intp)nG};
+    if (!(O = (PyArrayObject *)PyArray_ZEROS(3, od, t, 0))) goto out;
+    LA_CALL(pk_linear_cov_quad(pkdt(t), nG, nA, PyArray_DATA(S), N, PyArray_DATA(Av), PyArray_DATA(O)));
+    if (rc) {
+        raise_ctx(rc, "linear_cov_quad");
+        goto out;
+    }
+    result = (PyObject *)O;
+    O = NULL;
+out:
+    Py_XDECREF(S);
     Py_XDECREF(Av);
     Py_XDECREF(O);
     return result;
@@ -950,11 +1034,18 @@ PyMethodDef pk_linalg_methods[] = {
      "kron_spectral_apply(wG, QG, wA, QA, X, *, scale=1, damping=0, power=-1) -> R\n\n"
      "R[j] = (scale G (x) A + damping I)^power vec(X[j]) as (nG, nA) matrices (np.kron order)."},
     {"kron_sample", FN(py_kron_sample), KW,
-     "kron_sample(wG, QG, wA, QA, Z, *, scale=1, damping=0, factored=False) -> R\n\n"
-     "R[j] = QG (F o Z[j]) QA^T, F = damped eigenvalues^-1/2: draws of N(0, (scale G (x) A + damping I)^-1)."},
+     "kron_sample(wG, QG, wA, QA, out, seed, *, scale=1, damping=0, factored=False) -> None\n\n"
+     "out[j] += a draw of N(0, (scale G (x) A + damping I)^-1) in theta order (W row-major, then b),\n"
+     "as QG (F o Z) QA^T with F = damped eigenvalues^-1/2; out (n, nG nA) with contiguous rows."},
     {"kron_inv_quad", FN(py_kron_inv_quad), KW,
      "kron_inv_quad(wG, QG, wA, QA, Gv, Av, *, scale=1, damping=0, factored=False) -> (N, K, K)\n\n"
      "out[n, k, k'] = (g_nk (x) a_n)^T (scale G (x) A + damping I)^-1 (g_nk' (x) a_n) for Gv (N, K, nG), Av (N, nA)."},
+    {"diag_inv_quad", FN(py_diag_inv_quad), KW,
+     "diag_inv_quad(F, Gv, Av) -> (N, K, K)\n\n"
+     "out[n, k, k'] = sum_ij Gv[n,k,i] Gv[n,k',i] Av[n,j]^2 F[i,j]: rank-one Jacobian rows against a diagonal covariance."},
+    {"linear_cov_quad", FN(py_linear_cov_quad), KW,
+     "linear_cov_quad(S, Av, n_outputs) -> (N, K, K)\n\n"
+     "out[n] = J_n S J_n^T for a linear layer's rows J_n = I_K (x) Av[n] (S in theta order: W row-major, then b)."},
     {"matrix_normal_sample", FN(py_matrix_normal_sample), KW,
      "matrix_normal_sample(M, U, V, n, seed) -> (n, r, c)\n\nX = M + chol(U) Z chol(V)^T, Cov(vec X) = U (x) V."},
     {"standard_normal", FN(py_standard_normal), KW,

@@ -237,6 +237,52 @@ static PyObject *py_jacobian(PyObject *self, PyObject *args)
     return finish(&a, out, rc);
 }
 
+/* layer_jacobians(net, X) -> ([G_l (N, K, out_l)], [A_l (N, in_l)]) */
+static PyObject *py_layer_jacobians(PyObject *self, PyObject *args)
+{
+    PyObject *net, *X;
+    if (!PyArg_ParseTuple(args, "OO", &net, &X)) return NULL;
+    pk_common_args a;
+    if (common_parse(net, X, NULL, NULL, &a) < 0) return NULL;
+    int L = a.net.net.n_layers;
+    pk_dims d = dims_of(&a.net, a.n);
+    double bytes = 0;
+    for (int l = 0; l < L; l++)
+        bytes += (double)a.n * ((double)a.K * a.net.sizes[l + 1] + a.net.sizes[l]) * itemsize(a.net.typenum);
+    if (pk_check_memory(bytes + chunk_elems(&d, cache_row(&d, 0) + 2 * d.K * d.maxw) *
+                                    itemsize(a.net.typenum), "layer_jacobians") < 0) {
+        common_release(&a);
+        return NULL;
+    }
+    PyObject *Gs = PyList_New(L), *As = PyList_New(L);
+    void *G[64], *A[64];
+    int rc = PK_OK;
+    if (!Gs || !As) goto fail;
+    for (int l = 0; l < L; l++) {
+        npy_intp dg[3] = {a.n, (npy_intp)a.K, (npy_intp)a.net.sizes[l + 1]};
+        npy_intp da[2] = {a.n, (npy_intp)a.net.sizes[l]};
+        PyArrayObject *g = new_array(3, dg, a.net.typenum), *ai = new_array(2, da, a.net.typenum);
+        if (g) PyList_SET_ITEM(Gs, l, (PyObject *)g);
+        if (ai) PyList_SET_ITEM(As, l, (PyObject *)ai);
+        if (!g || !ai) goto fail;
+        G[l] = PyArray_DATA(g);
+        A[l] = PyArray_DATA(ai);
+    }
+    PK_RUN_NOGIL(rc, pk_layer_jacobians(&a.net.net, a.n, PyArray_DATA(a.X), G, A));
+    common_release(&a);
+    if (rc) {
+        Py_DECREF(Gs);
+        Py_DECREF(As);
+        return pk_raise(rc, NULL);
+    }
+    return Py_BuildValue("NN", Gs, As);
+fail:
+    common_release(&a);
+    Py_XDECREF(Gs);
+    Py_XDECREF(As);
+    return NULL;
+}
+
 /* jvp(net, X, V (D, m)) -> (N, K, m) */
 static PyObject *py_jvp(PyObject *self, PyObject *args)
 {
@@ -352,7 +398,7 @@ static int parse_kind(int kind, int mc_samples, int allow_kfra)
     return 0;
 }
 
-/* diag_curvature(net, kind, X, y, loss, mc_samples, seed) -> (D,) */
+/* diag_curvature(net, kind, X, y, loss, mc_samples, seed) -> ((D,), summed loss) */
 static PyObject *py_diag_curvature(PyObject *self, PyObject *args)
 {
     PyObject *net, *X, *y, *loss, *seed;
@@ -374,10 +420,12 @@ static PyObject *py_diag_curvature(PyObject *self, PyObject *args)
     }
     PyArrayObject *out = (PyArrayObject *)PyArray_ZEROS(1, dims, a.net.typenum, 0);
     int rc = PK_OK;
+    double value = 0;
     if (out)
         PK_RUN_NOGIL(rc, pk_diag_curvature(&a.net.net, (pk_fisher_t)kind, a.loss, a.n, PyArray_DATA(a.X),
-                                    PyArray_DATA(a.y), mc_samples, &rng, PyArray_DATA(out)));
-    return finish(&a, out, rc);
+                                    PyArray_DATA(a.y), mc_samples, &rng, PyArray_DATA(out), &value));
+    PyObject *res = finish(&a, out, rc);
+    return res ? Py_BuildValue("Nd", res, value) : NULL;
 }
 
 /* Check an accumulator list (pykfac-owned arrays created by pykfac.kfac;
@@ -406,9 +454,10 @@ static int accumulators(PyObject *list, const char *name, int count, const npy_i
     return 0;
 }
 
-/* kfac_factors(net, kind, X, y, loss, mc_samples, seed, A, G, A_cross, G_cross):
- * adds this batch's unnormalised factors into the accumulator lists; A_cross
- * and G_cross are None or lists of L - 1 cross-layer accumulators. */
+/* kfac_factors(net, kind, X, y, loss, mc_samples, seed, A, G, A_cross, G_cross)
+ * -> the batch's summed loss: adds this batch's unnormalised factors into the
+ * accumulator lists; A_cross and G_cross are None or lists of L - 1
+ * cross-layer accumulators. */
 static PyObject *py_kfac_factors(PyObject *self, PyObject *args)
 {
     PyObject *net, *X, *y, *loss, *seed, *Alist, *Glist, *Aclist, *Gclist;
@@ -451,12 +500,13 @@ static PyObject *py_kfac_factors(PyObject *self, PyObject *args)
         return NULL;
     }
     int rc;
+    double value = 0;
     PK_RUN_NOGIL(rc, pk_kfac_factors(&a.net.net, (pk_fisher_t)kind, a.loss, a.n, PyArray_DATA(a.X),
                               PyArray_DATA(a.y), mc_samples, &rng, A, G, cross ? Ac : NULL,
-                              cross ? Gc : NULL));
+                              cross ? Gc : NULL, &value));
     common_release(&a);
     if (rc) return pk_raise(rc, NULL);
-    Py_RETURN_NONE;
+    return PyFloat_FromDouble(value);
 }
 
 /* output_curvature(net, X, y or None, loss) -> (dloss or None, Lambda, S) */
@@ -505,6 +555,8 @@ PyMethodDef pk_mlp_methods[] = {
     {"loss_grad", py_loss_grad, METH_VARARGS, "loss_grad(net, X, y, loss, want_grad) -> (value, grad or None)"},
     {"loss_per_sample", py_loss_per_sample, METH_VARARGS, "loss_per_sample(net, X, y, loss) -> (N,) float64"},
     {"jacobian", py_jacobian, METH_VARARGS, "jacobian(net, X) -> (N, K, D)"},
+    {"layer_jacobians", py_layer_jacobians, METH_VARARGS,
+     "layer_jacobians(net, X) -> ([G_l (N, K, out_l)], [A_l (N, in_l)]): J rows in factored form"},
     {"jvp", py_jvp, METH_VARARGS, "jvp(net, X, V (D, m)) -> (N, K, m)"},
     {"vjp", py_vjp, METH_VARARGS, "vjp(net, X, U (N, K, m)) -> (D, m)"},
     {"curvature_matvec", py_curvature_matvec, METH_VARARGS,
@@ -512,9 +564,9 @@ PyMethodDef pk_mlp_methods[] = {
     {"hessian", py_hessian, METH_VARARGS, "hessian(net, X, y, loss) -> (D, D)"},
     {"ggn", py_ggn, METH_VARARGS, "ggn(net, X, y, loss) -> (D, D)"},
     {"diag_curvature", py_diag_curvature, METH_VARARGS,
-     "diag_curvature(net, kind, X, y, loss, mc_samples, seed) -> (D,); kind 0 exact, 1 MC, 2 empirical"},
+     "diag_curvature(net, kind, X, y, loss, mc_samples, seed) -> ((D,), loss); kind 0 exact, 1 MC, 2 empirical"},
     {"kfac_factors", py_kfac_factors, METH_VARARGS,
-     "kfac_factors(net, kind, X, y, loss, mc_samples, seed, A, G, A_cross, G_cross): accumulate factors"},
+     "kfac_factors(net, kind, X, y, loss, mc_samples, seed, A, G, A_cross, G_cross) -> loss: accumulate factors"},
     {"output_curvature", py_output_curvature, METH_VARARGS,
      "output_curvature(net, X, y or None, loss) -> (dloss or None, Lambda (N,K,K), S (N,K,K))"},
     {NULL, NULL, 0, NULL},

@@ -92,6 +92,21 @@ def jacobian(net, X):
     return _core.jacobian(_net(net), X)
 
 
+def jacobian_factors(net, X):
+    r"""The Jacobian rows in factored form, one pair per layer.
+
+    A dense layer :math:`s = W a + b` has rank-one Jacobian rows:
+    :math:`\partial f_k / \partial W = g_k a^	op` and :math:`\partial f_k / \partial b = g_k`
+    with :math:`g_k = \partial f_k / \partial s`. Returns ``[(G_l, A_l), ...]`` with
+    ``G_l`` (N, K, out_l) the pre-activation gradients and ``A_l`` (N, in_l) the
+    layer inputs (``A_0 = X``): memory :math:`O(NK\sum_l \mathrm{out}_l)` instead of the
+    :math:`O(NKD)` of :func:`jacobian`, whose W-columns of layer l are
+    ``einsum("nki,nj->nkij", G_l, A_l)`` and b-columns ``G_l``.
+    """
+    Gs, As = _core.layer_jacobians(_net(net), X)
+    return list(zip(Gs, As))
+
+
 def jvp(net, X, v):
     """Forward-mode product :math:`J v`: v (D,) -> (N, K); v (D, m) -> (N, K, m)."""
     net = _net(net)
@@ -175,13 +190,13 @@ def diag_ggn(net, X, y, loss, mc_samples=0, seed=None):
     """
     mc = _mc_samples(mc_samples)
     kind = _MC if mc else _EXACT
-    return _core.diag_curvature(_net(net), kind, X, y, loss, max(mc, 1), resolve_seed(seed))
+    return _core.diag_curvature(_net(net), kind, X, y, loss, max(mc, 1), resolve_seed(seed))[0]
 
 
 def empirical_fisher_diag(net, X, y, loss):
     """(D,) diagonal of the empirical Fisher :math:`\\sum_n \\nabla\\ell_n \\odot \\nabla\\ell_n`
     (per-sample gradients at the TRUE labels)."""
-    return _core.diag_curvature(_net(net), _EMPIRICAL, X, y, loss, 1, 0)
+    return _core.diag_curvature(_net(net), _EMPIRICAL, X, y, loss, 1, 0)[0]
 
 
 OutputCurvature = namedtuple("OutputCurvature", ["grad", "hessian", "sqrt"])

@@ -28,17 +28,15 @@ square roots, handled through its thin eigendecomposition and the Woodbury
 identity, never a D x D matrix). Changing ``prior_precision``, ``sigma_noise`` or
 ``temperature`` after ``fit`` never refits or re-decomposes.
 """
-import hashlib
-import json
 import math
 import numbers
 
 import numpy as np
 
-from . import _core
+from . import _core, _persist
 from . import linalg as _la
-from ._data import iter_batches, resolve_seed
-from .curvature import diag_ggn, empirical_fisher_diag, ggn, jacobian, loss as _loss_value
+from ._data import iter_batches, resolve_seed, seed_stream
+from .curvature import ggn, jacobian, jvp, loss as _loss_value
 from .curvature import output_curvature
 from .kfac import KFAC_KINDS
 from .kron import KronCurvature
@@ -52,8 +50,14 @@ STRUCTURES = ("full", "diag", "kron", "lowrank")
 SUBSETS = ("all", "last_layer")
 PRED_TYPES = ("glm", "nn")
 LINK_APPROXES = ("probit", "mc", "bridge")
-FORMAT_VERSION = 1
+# save files: version 2 added posteriors built by from_jacobians; version 1 files
+# (always from a network) have the same layout and still load
+FORMAT_VERSION = 2
+_READ_VERSIONS = (1, 2)
+_FILE_FORMAT = "pykfac-laplace"
 
+# pk_fisher_t codes of the diagonal kinds (as pk.diag_ggn / pk.empirical_fisher_diag)
+_DIAG_KINDS = {"exact": 0, "mc": 1, "empirical": 2}
 # Jacobian chunks in the predictive: at most this many bytes of J at once.
 _J_CHUNK_BYTES = 1 << 29
 # Woodbury factors above this many elements are refused (use rank= or last_layer).
@@ -149,6 +153,64 @@ class _Prior:
 
 
 # ---------------------------------------------------------------------------
+# Jacobians of a chunk of inputs, formed only as far as a posterior needs them
+# ---------------------------------------------------------------------------
+class _Jacobians:
+    """The Jacobians J (N, K, D) of the model at a chunk of inputs ``Z``.
+
+    A dense layer's Jacobian rows are rank one, J[n, k, W_l] = g_nk,l (x) a_n,l
+    and J[n, k, b_l] = g_nk,l, so the diagonal, Kronecker and low-rank posteriors
+    work from the factors (g, a) of every layer (O(N K sum(widths)) memory) and
+    from forward-mode products J V; only the full posterior forms J itself.
+    Built from given Jacobians (``from_jacobians``) only ``dense`` is available.
+    """
+
+    def __init__(self, model=None, Z=None, J=None):
+        self.model, self.Z, self._J = model, Z, J
+        self._factors = None
+        self._JV = (None, None)
+
+    @property
+    def n(self):
+        return self._J.shape[0] if self._J is not None else self.Z.shape[0]
+
+    @property
+    def has_factors(self):
+        return self.model is not None
+
+    @property
+    def dense(self):
+        if self._J is None:
+            self._J = jacobian(self.model, self.Z)
+        return self._J
+
+    def factors(self):
+        """Per layer (g (N, K, out), abar (N, in + 1) with the bias column 1)."""
+        if self._factors is None:
+            Gs, As = _core.layer_jacobians(self.model, self.Z)
+            self._factors = [(G, np.concatenate([A, np.ones((A.shape[0], 1), dtype=A.dtype)], axis=1))
+                             for G, A in zip(Gs, As)]
+        return self._factors
+
+    def times(self, V):
+        """J V (N, K, m) for V (D, m); the last product is kept for repeated use."""
+        if self._JV[0] is not V:
+            JV = jvp(self.model, self.Z, V) if self._J is None else self._J @ V
+            self._JV = (V, JV)
+        return self._JV[1]
+
+
+def _normals(n, d, dtype, seed):
+    """(n, d) standard normals of ``dtype`` from the C core's generator."""
+    return _core.standard_normal(n, d, np.dtype(dtype) == np.float32, seed)
+
+
+def _wbar(seg, out):
+    """A layer's theta-ordered segment [W.ravel(), b] as the (out, in + 1) matrix [W b]."""
+    return np.concatenate([seg[:-out].reshape(out, -1), seg[-out:, None]], axis=1)
+
+
+# ---------------------------------------------------------------------------
 # posterior structures: P = c H + diag(p0), c = 1 / (sigma^2 T)
 # ---------------------------------------------------------------------------
 class _Posterior:
@@ -162,11 +224,26 @@ class _Posterior:
     def _rhs(self, V):
         return np.ascontiguousarray(V, dtype=self.dtype)
 
+    #: forms the dense Jacobians in the predictive (else layer factors and J V)
+    dense_jacobians = True
+    #: columns of V in J V products per predictive chunk
+    jvp_columns = 0
+
     # default implementations built on solve
-    def functional_variance(self, J, c, prior, acts=None):
+    def functional_variance(self, jac, c, prior):
+        J = jac.dense
         N, K, D = J.shape
         R = self.solve(J.reshape(N * K, D).T, c, prior)
         return _core.batched_gram(J, R)
+
+    def _layer_diag_quad(self, jac, var):
+        """sum over layers of J_l diag(var_l) J_l^T from the layer factors; var (D,)."""
+        fv = None
+        for l, (G, Abar) in enumerate(jac.factors()):
+            F = _wbar(np.asarray(var[self.offsets[l]:self.offsets[l + 1]], dtype=self.dtype), G.shape[2])
+            part = _core.diag_inv_quad(F, G, Abar)
+            fv = part if fv is None else fv + part
+        return fv
 
     def covariance_dense(self, c, prior):
         return self.solve(np.eye(self.D, dtype=self.dtype), c, prior)
@@ -180,6 +257,7 @@ class _FullPosterior(_Posterior):
         self.H = H
         self._eig = None
         self._chol = (None, None)
+        self._cov = (None, None)
         # Scalar priors in marglik loops: one eigendecomposition of H, then every
         # log-det and trace is O(D). Single evaluations use a Cholesky (cheaper).
         self.prefer_eig = False
@@ -227,12 +305,28 @@ class _FullPosterior(_Posterior):
     def solve(self, V, c, prior):
         return self._factor(c, prior).solve(self._rhs(V))
 
-    def sample(self, n, seed, c, prior):
-        Z = np.random.default_rng(seed).standard_normal((n, self.D), dtype=self.dtype)
-        return self._factor(c, prior).whiten(Z)
+    def sample(self, n, seed, c, prior, mean):
+        S = self._factor(c, prior).whiten(_normals(n, self.D, self.dtype, seed))
+        return S if mean is None else np.add(S, mean, out=S)
 
     def covariance_dense(self, c, prior):
         return self._factor(c, prior).inverse()
+
+    @property
+    def dense_jacobians(self):
+        return len(self.offsets) > 2
+
+    def functional_variance(self, jac, c, prior):
+        """A linear model (the last layer) has Jacobian rows I_K (x) abar_n: the
+        variances come from the covariance and the inputs alone
+        (pk_linear_cov_quad, O(N K^2 q^2) instead of O(N K D^2) for J P^-1 J^T)."""
+        if self.dense_jacobians or not jac.has_factors:
+            return super().functional_variance(jac, c, prior)
+        key = (c, prior.key)
+        if self._cov[0] != key:
+            self._cov = (key, self._factor(c, prior).inverse())
+        K, Abar = jac.factors()[0]
+        return _core.linear_cov_quad(self._cov[1], Abar, K.shape[2])
 
 
 class _DiagPosterior(_Posterior):
@@ -270,13 +364,18 @@ class _DiagPosterior(_Posterior):
         V = self._rhs(V)
         return (V / self._p(c, prior)[:, None]).astype(self.dtype)
 
-    def sample(self, n, seed, c, prior):
-        Z = np.random.default_rng(seed).standard_normal((n, self.D), dtype=self.dtype)
+    def sample(self, n, seed, c, prior, mean):
+        Z = _normals(n, self.D, self.dtype, seed)
         Z *= (1.0 / np.sqrt(self._p(c, prior))).astype(self.dtype)
-        return Z
+        return Z if mean is None else np.add(Z, mean, out=Z)
 
-    def functional_variance(self, J, c, prior, acts=None):
-        return _core.diag_quad(J, 1.0 / self._p(c, prior))
+    dense_jacobians = False
+
+    def functional_variance(self, jac, c, prior):
+        var = 1.0 / self._p(c, prior)
+        if jac.has_factors:
+            return self._layer_diag_quad(jac, var)
+        return _core.diag_quad(jac.dense, var)
 
 
 class _KronPosterior(_Posterior):
@@ -350,45 +449,34 @@ class _KronPosterior(_Posterior):
     def solve(self, V, c, prior):
         return self._apply(V, c, prior, -1.0)
 
-    def functional_variance(self, J, c, prior, acts=None):
-        """With the layer inputs ``acts`` the rank-one structure of each layer's
-        Jacobian rows is used (pk.linalg.kron_inv_quad): only the bias columns
-        of J (the pre-activation gradients) are read."""
-        if acts is None:
-            return super().functional_variance(J, c, prior)
+    dense_jacobians = False
+
+    def functional_variance(self, jac, c, prior):
+        """From the layer factors of the Jacobian rows (pk.linalg.kron_inv_quad):
+        J itself is never formed."""
         deltas = self._layers(prior)
-        N, K, _ = J.shape
-        fv = np.zeros((N, K, K), dtype=self.dtype)
-        for l, (wG, QG, wA, QA) in enumerate(self.eig):
-            out, q = len(wG), len(wA)
-            b0 = self.offsets[l] + out * (q - 1)
-            Gv = np.ascontiguousarray(J[:, :, b0:b0 + out])
-            Av = np.empty((N, q), dtype=self.dtype)
-            Av[:, :-1] = acts[l]
-            Av[:, -1] = 1
+        fv = None
+        for l, ((wG, QG, wA, QA), (G, Abar)) in enumerate(zip(self.eig, jac.factors())):
             try:
-                fv += _core.kron_inv_quad(wG, QG, wA, QA, Gv, Av, scale=c, damping=deltas[l],
-                                          factored=self.factored)
+                part = _core.kron_inv_quad(wG, QG, wA, QA, G, Abar, scale=c, damping=deltas[l],
+                                           factored=self.factored)
             except _core.LinAlgError:
                 raise _core.LinAlgError(f"posterior precision of layer {l} is singular") from None
+            fv = part if fv is None else fv + part
         return fv
 
-    def sample(self, n, seed, c, prior):
-        """Matrix-normal draws per layer: Wbar = QG [F o Z] QAᵀ (pk_kron_sample),
-        then reordered from Wbar to theta order (W row-major, then b)."""
+    def sample(self, n, seed, c, prior, mean):
+        """Matrix-normal draws per layer, QG [F o Z] QAᵀ (pk_kron_sample), added by
+        the C core straight into the theta-ordered rows that start at the mean."""
         deltas = self._layers(prior)
-        rng = np.random.default_rng(seed)
-        out = np.empty((n, self.D), dtype=self.dtype)
-        for l, (wG, QG, wA, QA) in enumerate(self.eig):
-            o, nG, q = self.offsets[l], len(wG), len(wA)
-            Z = rng.standard_normal((n, nG, q), dtype=self.dtype)
+        out = np.zeros((n, self.D), dtype=self.dtype) if mean is None else np.tile(mean, (n, 1))
+        for l, ((wG, QG, wA, QA), layer_seed) in enumerate(zip(self.eig, seed_stream(seed))):
+            o, p = self.offsets[l], self.offsets[l + 1]
             try:
-                R = _core.kron_sample(wG, QG, wA, QA, Z, scale=c, damping=deltas[l],
-                                      factored=self.factored)
+                _core.kron_sample(wG, QG, wA, QA, out[:, o:p], layer_seed, scale=c, damping=deltas[l],
+                                  factored=self.factored)
             except _core.LinAlgError:
                 raise _core.LinAlgError(f"posterior precision of layer {l} is singular") from None
-            out[:, o:o + nG * (q - 1)] = R[:, :, :-1].reshape(n, -1)
-            out[:, o + nG * (q - 1):o + nG * q] = R[:, :, -1]
         return out
 
     def precision_dense(self, c, prior):
@@ -465,18 +553,40 @@ class _LowRankPosterior(_Posterior):
             return _core.lowrank_apply(self.Q, a0, dv, V)
         return _la.woodbury_solve(prior.diag, self._U(c), V)
 
-    def sample(self, n, seed, c, prior):
+    def sample(self, n, seed, c, prior, mean):
         if prior.kind == "scalar":
-            Z = np.random.default_rng(seed).standard_normal((n, self.D), dtype=self.dtype)
+            Zt = _normals(self.D, n, self.dtype, seed)  # columns are draws
             a0, dv = self._spectral(c, prior.values[0], -0.5)
-            return np.ascontiguousarray(_core.lowrank_apply(self.Q, a0, dv, np.ascontiguousarray(Z.T)).T)
-        return _core.woodbury_sample(prior.diag, self._U(c), n, seed)
+            S = np.ascontiguousarray(_core.lowrank_apply(self.Q, a0, dv, Zt).T)
+        else:
+            S = _core.woodbury_sample(prior.diag, self._U(c), n, seed)
+        return S if mean is None else np.add(S, mean, out=S)
 
-    def functional_variance(self, J, c, prior, acts=None):
-        if prior.kind != "scalar":
-            return super().functional_variance(J, c, prior)
-        a0, dv = self._spectral(c, prior.values[0], -1.0)
-        return _core.lowrank_quad(J, self.Q, a0, dv)
+    dense_jacobians = False
+
+    @property
+    def jvp_columns(self):
+        return self.rank
+
+    def functional_variance(self, jac, c, prior):
+        """J P^-1 J^T = J A^-1 J^T - (J A^-1 U) C^-1 (J A^-1 U)^T with P = A + U U^T,
+        A the prior's diagonal: the first term from the layer factors, J V by
+        forward mode (O(N M) passes' worth of work, never J itself)."""
+        if not jac.has_factors:
+            if prior.kind != "scalar":
+                return super().functional_variance(jac, c, prior)
+            a0, dv = self._spectral(c, prior.values[0], -1.0)
+            return _core.lowrank_quad(jac.dense, self.Q, a0, dv)
+        if prior.kind == "scalar":
+            a0, dv = self._spectral(c, prior.values[0], -1.0)
+            fv = self._layer_diag_quad(jac, np.full(self.D, a0))
+            return fv + _core.diag_quad(jac.times(self.Q), dv)
+        ainv = 1.0 / prior.diag
+        V = np.ascontiguousarray(self._U(c) * ainv[:, None].astype(self.dtype))
+        Cap = np.eye(self.rank) + self._U(c).T.astype(np.float64) @ V.astype(np.float64)
+        e, E = np.linalg.eigh(Cap)
+        JVE = np.ascontiguousarray(jac.times(V) @ E.astype(self.dtype))
+        return self._layer_diag_quad(jac, ainv) - _core.diag_quad(JVE, 1.0 / e)
 
     def precision_dense(self, c, prior):
         P = _core.lowrank_apply(self.Q, 0.0, c * self._s64, np.eye(self.D, dtype=self.dtype))
@@ -632,18 +742,6 @@ class Laplace:
         for layer in self._model.layers:
             self._offsets.append(self._offsets[-1] + layer.num_params)
         self.dtype = self._model.dtype
-        # sub-networks whose penultimate features are the inputs of layer l >= 1
-        layers, acts = self._model.layers, list(self._model.activations)
-        self._subnets = [None] + [
-            MLP.from_params([(ly.W, ly.b) for ly in layers[:l + 1]], activation=acts[:l],
-                            dtype=self.dtype) for l in range(1, len(layers))]
-
-    def _layer_inputs(self, Z):
-        """Inputs a_l (N x in_l) of every layer of the posterior's model (kron only)."""
-        if self.structure != "kron":
-            return None
-        Z = np.asarray(Z, dtype=self.dtype)
-        return [Z] + [sub.features(Z) for sub in self._subnets[1:]]
 
     def _inputs(self, X):
         """What the posterior's model sees: X, or the penultimate features."""
@@ -796,35 +894,32 @@ class Laplace:
         Us = []
         seeds = None
         if self.kind == "mc":
-            from ._data import seed_stream
-
             seeds = seed_stream(self.seed)
         for X, y in iter_batches(data, progress=progress, desc=f"laplace[{self.structure}]"):
             X = self._check_X(X)
             y = self._labels(y, X.shape[0])
             Z = self._inputs(X)
-            loss_total += _loss_value(model, Z, y, lossname)
             if self.structure == "full":
                 if model.n_layers == 1:  # a linear model (last layer): Kronecker-sum GGN
                     Hb = _la.ggn_linear(Z, output_curvature(model, Z, lossname).hessian)
                 else:
                     Hb = ggn(model, Z, y, lossname)
                 H = Hb if H is None else H + Hb
+                loss_total += _loss_value(model, Z, y, lossname)
             elif self.structure == "diag":
-                if self.kind == "exact":
-                    hb = diag_ggn(model, Z, y, lossname)
-                elif self.kind == "mc":
-                    hb = diag_ggn(model, Z, y, lossname, mc_samples=self.mc_samples, seed=next(seeds))
-                else:
-                    hb = empirical_fisher_diag(model, Z, y, lossname)
+                # the kernel returns the batch loss from its own forward pass
+                bseed = next(seeds) if self.kind == "mc" else 0
+                hb, lb = _core.diag_curvature(model, _DIAG_KINDS[self.kind], Z, y, lossname,
+                                              self.mc_samples, bseed)
                 h = hb if h is None else h + hb
+                loss_total += lb
             elif self.structure == "kron":
                 if A is None:
                     A = [np.zeros((i + 1, i + 1), dtype=self.dtype) for i in model.sizes[:-1]]
                     G = [np.zeros((o, o), dtype=self.dtype) for o in model.sizes[1:]]
                 bseed = next(seeds) if seeds is not None else 0
-                _core.kfac_factors(model, KFAC_KINDS[self.kind], Z, y, lossname, self.mc_samples,
-                                   bseed, A, G, None, None)
+                loss_total += _core.kfac_factors(model, KFAC_KINDS[self.kind], Z, y, lossname,
+                                                 self.mc_samples, bseed, A, G, None, None)
             else:
                 J = jacobian(model, Z)
                 S = output_curvature(model, Z, lossname).sqrt
@@ -832,6 +927,7 @@ class Laplace:
                     raise MemoryError(f"structure='lowrank': Gmat would hold more than {_LOWRANK_MAX} "
                                       f"values (D = {D}); use subset='last_layer' or fewer data")
                 Us.append(_la.ggn_factor(J, S=S))
+                loss_total += _loss_value(model, Z, y, lossname)
             n_total += X.shape[0]
         if self.structure == "full":
             post = _FullPosterior(H, self._offsets)
@@ -1027,27 +1123,36 @@ class Laplace:
         """
         self._check_fit()
         n = _la._n_samples(n)
-        dev = self._post.sample(n, resolve_seed(seed), self._c(), self._prior)
         theta = self._theta_map if self._from_jac else self._model.theta
-        if theta is None:
-            return dev
-        return dev + np.asarray(theta, dtype=self.dtype)[None, :]
+        mean = None if theta is None else np.asarray(theta, dtype=self.dtype)
+        return self._post.sample(n, resolve_seed(seed), self._c(), self._prior, mean)
 
     # ---- predictive -----------------------------------------------------------------
+    def _chunk_rows(self):
+        """Input rows per predictive chunk, so its Jacobian data stays near _J_CHUNK_BYTES."""
+        K, item = self.n_outputs, self.dtype.itemsize
+        if self._post.dense_jacobians:
+            per_row = K * self.n_params
+        else:
+            sizes = self._model.sizes
+            per_row = K * sum(sizes[1:]) + sum(s + 1 for s in sizes[:-1])
+            per_row += self._post.jvp_columns * (K + sum(sizes[1:]))  # J V and its tangents
+        return max(1, _J_CHUNK_BYTES // (per_row * item))
+
     def _jac_chunks(self, X):
-        """Yield (f_map, J) over row chunks of X (posterior model's inputs)."""
+        """Yield (f_map, _Jacobians) over row chunks of X (posterior model's inputs)."""
         Z = self._inputs(X)
-        K, D = self.n_outputs, self.n_params
-        rows = max(1, _J_CHUNK_BYTES // (K * D * self.dtype.itemsize))
+        rows = self._chunk_rows()
         for i in range(0, Z.shape[0], rows):
             Zc = Z[i:i + rows]
-            yield self._model(Zc), jacobian(self._model, Zc), self._layer_inputs(Zc)
+            yield self._model(Zc), _Jacobians(self._model, Zc)
 
     def _glm_cache(self, X):
-        """Jacobians of X kept in memory when small, else recomputed per use."""
+        """Jacobians of X kept in memory (formed lazily, then reused) when they fit
+        in one chunk, else recomputed per use."""
         Z = self._inputs(X)
-        if Z.shape[0] * self.n_outputs * self.n_params * self.dtype.itemsize <= _J_CHUNK_BYTES:
-            return ("mem", [(self._model(Z), jacobian(self._model, Z), self._layer_inputs(Z))])
+        if Z.shape[0] <= self._chunk_rows():
+            return ("mem", [(self._model(Z), _Jacobians(self._model, Z))])
         return ("lazy", X)
 
     def _fv_and_mean(self, cache, prior):
@@ -1055,9 +1160,9 @@ class Laplace:
         kind, payload = cache
         chunks = payload if kind == "mem" else self._jac_chunks(payload)
         mus, fvs = [], []
-        for mu, J, acts in chunks:
+        for mu, jac in chunks:
             mus.append(mu)
-            fvs.append(self._post.functional_variance(J, c, prior, acts))
+            fvs.append(self._post.functional_variance(jac, c, prior))
         return np.concatenate(mus), np.concatenate(fvs)
 
     def functional_variance(self, X=None, jacobians=None):
@@ -1069,7 +1174,7 @@ class Laplace:
         self._check_fit()
         if jacobians is not None:
             J = self._check_J(jacobians)
-            return self._post.functional_variance(J, self._c(), self._prior)
+            return self._post.functional_variance(_Jacobians(J=J), self._c(), self._prior)
         X = self._check_X_net(X)
         return self._fv_and_mean(("lazy", X), self._prior)[1]
 
@@ -1146,7 +1251,7 @@ class Laplace:
                 raise ValueError("pred_type: only 'glm' is available from Jacobians")
             J = self._check_J(jacobians)
             mu = np.asarray(f_map, dtype=self.dtype).reshape(J.shape[0], self.n_outputs)
-            cache = ("mem", [(mu, J, None)])
+            cache = ("mem", [(mu, _Jacobians(J=J))])
         else:
             X = self._check_X_net(X)
             if pred_type == "nn":
@@ -1322,50 +1427,101 @@ class Laplace:
 
     # ---- save / load -------------------------------------------------------------------
     def _meta(self):
-        net = self._net
-        return {
-            "format": "pykfac-laplace", "version": FORMAT_VERSION,
-            "likelihood": self.likelihood, "structure": self.structure, "subset": self.subset,
-            "kind": self.kind, "mc_samples": self.mc_samples, "rank": self.rank,
-            "kron_damping": self.kron_damping, "sigma_noise": self._sigma,
-            "temperature": self._temperature, "n_data": self.n_data, "n_outputs": self.n_outputs,
-            "loss": self.loss, "dtype": np.dtype(self.dtype).name,
-            "net_sizes": list(net.sizes), "net_activations": list(net.activations),
-            "sizes": list(self._model.sizes), "offsets": [int(o) for o in self._offsets],
-            "D": int(self._offsets[-1]),
+        """Settings of the fitted posterior, as JSON for the save file."""
+        meta = {
+            "source": "jacobians" if self._from_jac else "net",
+            "likelihood": self.likelihood, "structure": self.structure, "rank": self.rank,
+            "sigma_noise": self._sigma, "temperature": self._temperature, "n_data": int(self.n_data),
+            "n_outputs": int(self.n_outputs), "loss": self.loss, "dtype": np.dtype(self.dtype).name,
+            "offsets": [int(o) for o in self._offsets], "D": int(self._offsets[-1]),
+            # full + scalar prior after optimize_prior_precision: log-dets from the eigenvalues
+            "prefer_eig": bool(getattr(self._post, "prefer_eig", False)),
         }
+        if self._from_jac:
+            meta["has_theta_map"] = self._theta_map is not None
+        else:
+            net = self._net
+            meta.update({"subset": self.subset, "kind": self.kind, "mc_samples": self.mc_samples,
+                         "kron_damping": self.kron_damping, "net_sizes": list(net.sizes),
+                         "net_activations": list(net.activations), "sizes": list(self._model.sizes)})
+        return meta
 
     @staticmethod
-    def _checksum(meta_json, arrays):
-        h = hashlib.sha256(meta_json.encode())
-        for k in sorted(arrays):
-            a = np.ascontiguousarray(arrays[k])
-            h.update(k.encode())
-            h.update(str(a.dtype).encode())
-            h.update(str(a.shape).encode())
-            h.update(a.tobytes())
-        return h.hexdigest()
+    def _file_spec(meta):
+        """(arrays {name: (shape, dtype)}, layer offsets) a save file must hold,
+        derived from its metadata alone (checked before anything is built)."""
+        dtype = _persist.float_dtype(meta["dtype"])
+        source = meta.get("source", "net")  # version 1 files: always from a net
+        structure = _choice(meta["structure"], STRUCTURES, "structure")
+        f64 = np.dtype(np.float64)
+        spec = {}
+        sizes = None
+        if source == "net":
+            net_sizes = _persist.int_list(meta["net_sizes"], "net_sizes")
+            if len(net_sizes) < 2:
+                raise ValueError(f"net_sizes: expected at least 2 sizes, got {net_sizes}")
+            subset = _choice(meta["subset"], SUBSETS, "subset")
+            sizes = net_sizes if subset == "all" else net_sizes[-2:]
+            if meta["sizes"] != sizes:
+                raise ValueError(f"sizes: {meta['sizes']} does not match net_sizes {net_sizes}")
+            offsets = [0]
+            for i, o in zip(sizes[:-1], sizes[1:]):
+                offsets.append(offsets[-1] + (i + 1) * o)
+            net_params = sum((i + 1) * o for i, o in zip(net_sizes[:-1], net_sizes[1:]))
+            spec["net_theta"] = ((net_params,), dtype)
+            if meta["offsets"] != offsets:
+                raise ValueError(f"offsets: {meta['offsets']} does not match the network sizes")
+        elif source == "jacobians":
+            _choice(structure, ("full", "lowrank"), "structure (from_jacobians)")
+            offsets = _persist.int_list(meta["offsets"], "offsets", lo=0)
+            if len(offsets) < 2 or offsets[0] != 0 or any(b <= a for a, b in zip(offsets, offsets[1:])):
+                raise ValueError(f"offsets: expected 0 followed by increasing layer ends, got {offsets}")
+            if not isinstance(meta["has_theta_map"], bool):
+                raise ValueError("has_theta_map: expected a bool")
+            if meta["has_theta_map"]:
+                spec["theta_map"] = ((offsets[-1],), f64)
+        else:
+            raise ValueError(f"source: expected 'net' or 'jacobians', got {source!r}")
+        D = offsets[-1]
+        if meta["D"] != D:
+            raise ValueError(f"D: {meta['D']} does not match the layer offsets ({D})")
+        spec["prior_precision"] = (("n_prior",), f64)
+        spec["prior_mean"] = ((D,), f64)
+        if structure == "full":
+            spec["post_H"] = ((D, D), dtype)
+        elif structure == "diag":
+            spec["post_h"] = ((D,), dtype)
+        elif structure == "lowrank":
+            spec["post_s"] = (("rank",), dtype)
+            spec["post_Q"] = ((D, "rank"), dtype)
+        else:
+            for l, (i, o) in enumerate(zip(sizes[:-1], sizes[1:])):
+                q = i + 1
+                spec.update({f"post_A{l}": ((q, q), dtype), f"post_G{l}": ((o, o), dtype),
+                             f"post_wG{l}": ((o,), dtype), f"post_QG{l}": ((o, o), dtype),
+                             f"post_wA{l}": ((q,), dtype), f"post_QA{l}": ((q, q), dtype)})
+        return spec, offsets
 
     def save(self, path):
         """Save the fitted posterior to an ``.npz`` file (no pickle).
 
-        Stores a format version, the settings, the network's architecture and
-        MAP parameters, the prior, and the structure's arrays (GGN, diagonal,
-        Kronecker factors with their eigendecompositions, or the low-rank
-        eigenpairs), with a SHA-256 checksum of everything. Loading gives
-        bit-identical results.
+        Stores the format name and version, the settings, the network's
+        architecture and MAP parameters (or, for a posterior built by
+        :meth:`from_jacobians`, its layer sizes and ``theta_map``), the prior,
+        and the structure's arrays (GGN, diagonal, Kronecker factors with
+        their eigendecompositions, or the low-rank eigenpairs), with a SHA-256
+        checksum over the metadata and every array. Loading gives bit-identical
+        results.
         """
         self._check_fit()
+        arrays = {"prior_precision": self._prior.values, "prior_mean": self._prior_mean}
         if self._from_jac:
-            raise NotImplementedError("save: posteriors built from Jacobians cannot be saved yet")
-        meta = self._meta()
-        arrays = {"net_theta": self._net.theta, "prior_precision": self._prior.values,
-                  "prior_mean": self._prior_mean}
+            if self._theta_map is not None:
+                arrays["theta_map"] = self._theta_map
+        else:
+            arrays["net_theta"] = self._net.theta
         arrays.update({"post_" + k: v for k, v in self._post.state().items()})
-        meta_json = json.dumps(meta, sort_keys=True)
-        checksum = self._checksum(meta_json, arrays)
-        with open(path, "wb") as fh:
-            np.savez(fh, meta=np.array(meta_json), checksum=np.array(checksum), **arrays)
+        _persist.write(path, _FILE_FORMAT, FORMAT_VERSION, self._meta(), arrays)
 
     @classmethod
     def load(cls, path, net=None):
@@ -1373,32 +1529,50 @@ class Laplace:
 
         Parameters
         ----------
-        path : str or file
+        path : str, path-like or binary file
         net : MLP, optional
             If given it must match the saved network exactly (sizes,
             activations, dtype and MAP parameters); otherwise ValueError.
-            Without it the network is rebuilt from the file.
+            Without it the network is rebuilt from the file. Must be None for
+            a posterior built by :meth:`from_jacobians` (none is needed).
+
+        Raises
+        ------
+        ValueError
+            Naming the file if it is not a pykfac Laplace file, is truncated or
+            corrupted (checksum), has another format version, or lacks, adds or
+            reshapes an array.
         """
-        with np.load(path, allow_pickle=False) as z:
-            files = dict(z.items())
-        try:
-            meta_json = str(files.pop("meta"))
-            checksum = str(files.pop("checksum"))
-            meta = json.loads(meta_json)
-        except (KeyError, ValueError):
-            raise ValueError(f"{path}: not a pykfac Laplace file") from None
-        if meta.get("format") != "pykfac-laplace":
-            raise ValueError(f"{path}: not a pykfac Laplace file")
-        if meta.get("version") != FORMAT_VERSION:
-            raise ValueError(f"{path}: format version {meta.get('version')} is not supported "
-                             f"(this pykfac reads version {FORMAT_VERSION})")
-        if cls._checksum(meta_json, files) != checksum:
-            raise ValueError(f"{path}: checksum mismatch (the file is corrupted or was modified)")
+        meta, files = _persist.read(path, _FILE_FORMAT, _READ_VERSIONS, "Laplace")
+        with _persist.malformed(path):
+            spec, offsets = cls._file_spec(meta)
+        _persist.check_arrays(path, files, spec)
+        post_state = {k[5:]: v for k, v in files.items() if k.startswith("post_")}
         dtype = np.dtype(meta["dtype"])
+        if meta.get("source", "net") == "jacobians":
+            if net is not None:
+                raise ValueError("net: the saved posterior was built by from_jacobians and has no "
+                                 "network; load it without net")
+            with _persist.malformed(path):
+                la = cls(None, likelihood=meta["likelihood"], structure=meta["structure"],
+                         rank=meta["rank"], sigma_noise=meta["sigma_noise"],
+                         temperature=meta["temperature"])
+                K = meta["n_outputs"]
+                if isinstance(K, bool) or not isinstance(K, int) or K < 1:
+                    raise ValueError(f"n_outputs: expected an int >= 1, got {K!r}")
+                la.n_outputs, la.dtype, la._offsets = K, dtype, offsets
+                la._prior = _Prior(files["prior_precision"], offsets)
+                la._prior_mean = la._check_prior_mean(files["prior_mean"])
+                la._from_jac = True
+                la._theta_map = files.get("theta_map")
+                la._post = _POSTERIORS[meta["structure"]].from_state(post_state, offsets, meta)
+                cls._load_scalars(la, meta)
+            return la
         theta = files["net_theta"]
         if net is None:
-            net = MLP(meta["net_sizes"], activation=meta["net_activations"] or "tanh", dtype=dtype)
-            net.theta = theta
+            with _persist.malformed(path):
+                net = MLP(meta["net_sizes"], activation=meta["net_activations"] or "tanh", dtype=dtype)
+                net.theta = theta
         else:
             if not isinstance(net, MLP):
                 raise TypeError(f"net: expected a pykfac.MLP, got {type(net).__name__}")
@@ -1410,14 +1584,27 @@ class Laplace:
             if not np.array_equal(net.theta, theta):
                 raise ValueError("net: its parameters differ from the MAP the saved posterior was "
                                  "fitted at")
-        la = cls(net, likelihood=meta["likelihood"], structure=meta["structure"], subset=meta["subset"],
-                 prior_precision=files["prior_precision"], sigma_noise=meta["sigma_noise"],
-                 temperature=meta["temperature"], prior_mean=files["prior_mean"], kind=meta["kind"],
-                 mc_samples=meta["mc_samples"], rank=meta["rank"], kron_damping=meta["kron_damping"])
-        st = {k[5:]: v for k, v in files.items() if k.startswith("post_")}
-        la._post = _POSTERIORS[meta["structure"]].from_state(st, la._offsets, meta)
-        la.loss, la.n_data = meta["loss"], meta["n_data"]
+        with _persist.malformed(path):
+            la = cls(net, likelihood=meta["likelihood"], structure=meta["structure"],
+                     subset=meta["subset"], prior_precision=files["prior_precision"],
+                     sigma_noise=meta["sigma_noise"], temperature=meta["temperature"],
+                     prior_mean=files["prior_mean"], kind=meta["kind"], mc_samples=meta["mc_samples"],
+                     rank=meta["rank"], kron_damping=meta["kron_damping"])
+            la._post = _POSTERIORS[meta["structure"]].from_state(post_state, la._offsets, meta)
+            cls._load_scalars(la, meta)
         return la
+
+    @staticmethod
+    def _load_scalars(la, meta):
+        n_data, loss = meta["n_data"], meta["loss"]
+        if isinstance(n_data, bool) or not isinstance(n_data, int) or n_data < 1:
+            raise ValueError(f"n_data: expected an int >= 1, got {n_data!r}")
+        if loss is not None and (isinstance(loss, bool) or not isinstance(loss, (int, float))
+                                 or not math.isfinite(loss)):
+            raise ValueError(f"loss: expected a finite number or None, got {loss!r}")
+        la.n_data, la.loss = n_data, None if loss is None else float(loss)
+        if meta.get("prefer_eig") and isinstance(la._post, _FullPosterior):
+            la._post.prefer_eig = True
 
     def __repr__(self):
         state = "fitted" if self._post is not None else "not fitted"

@@ -23,6 +23,7 @@ costing :math:`O(M^2 D + M^3)` through a Cholesky factorisation of the
 :func:`woodbury_inverse`, which returns it). ``alpha`` may also be a ``(D,)``
 vector of positive values (a diagonal prior precision).
 """
+import numbers
 from collections import namedtuple
 
 import numpy as np
@@ -46,6 +47,7 @@ __all__ = [
     "kron_eigh",
     "kron_solve",
     "kron_inv_quad",
+    "diag_inv_quad",
     "matrix_normal_sample",
     "LinAlgError",
 ]
@@ -53,16 +55,46 @@ __all__ = [
 LinAlgError = _core.LinAlgError
 
 
-def _n_samples(n):
+def _n_samples(n, name="n"):
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
-        raise TypeError(f"n: expected an int, got {type(n).__name__}")
+        raise TypeError(f"{name}: expected an int, got {type(n).__name__}")
     if n < 0:
-        raise ValueError(f"n: expected a number of samples >= 0, got {n}")
+        raise ValueError(f"{name}: expected a number of samples >= 0, got {n}")
+    # beyond the index range NumPy and the C core would fail with OverflowError
+    if n > np.iinfo(np.intp).max:
+        raise ValueError(f"{name}: expected a number of samples < 2**63, got {n}")
     return int(n)
+
+
+def _scalar(value, name):
+    """A real scalar argument as float (finiteness is checked by the C core)."""
+    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf":
+        value = value[()]
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a real number, got {type(value).__name__}")
+    return float(value)
+
+
+def _real_array(arr, name):
+    """The C core would name a right-hand side by its own parameter name; check here."""
+    if arr.dtype.kind not in "iuf":
+        raise TypeError(f"{name}: expected a real (integer or floating) array, got dtype {arr.dtype}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name}: contains NaN or Inf")
+
+
+def _kron_eig(eig):
+    try:
+        wG, QG, wA, QA = eig
+    except (TypeError, ValueError):
+        raise TypeError(f"eig: expected a KronEigh (wG, QG, wA, QA) from kron_eigh, "
+                        f"got {type(eig).__name__}") from None
+    return wG, QG, wA, QA
 
 
 def _rhs(V, D, name="V"):
     arr = np.asarray(V)
+    _real_array(arr, name)
     if arr.ndim == 1:
         if arr.shape[0] != D:
             raise ValueError(f"{name}: expected shape ({D},) or ({D}, m), got {arr.shape}")
@@ -354,11 +386,12 @@ def kron_solve(A, G, B, damping=0.0, scale=1.0, eig=None):
     """
     if eig is None:
         if A is None or G is None:
-            raise TypeError("kron_solve: pass the factors A and G, or eig=kron_eigh(A, G)")
+            raise TypeError("A, G: kron_solve needs the factors A and G, or eig=kron_eigh(A, G)")
         eig = kron_eigh(A, G)
-    wG, QG, wA, QA = eig
+    wG, QG, wA, QA = _kron_eig(eig)
     nG, nA = np.shape(QG)[0], np.shape(QA)[0]
     Barr = np.asarray(B)
+    _real_array(Barr, "B")
     shape = Barr.shape
     if Barr.ndim == 2 and shape == (nG, nA):
         X = Barr[None]
@@ -375,7 +408,8 @@ def kron_solve(A, G, B, damping=0.0, scale=1.0, eig=None):
     else:
         raise ValueError(f"B: expected shape ({nG}, {nA}), (m, {nG}, {nA}), ({nG * nA},) or "
                          f"({nG * nA}, m), got {shape}")
-    R = _core.kron_spectral_apply(wG, QG, wA, QA, X, scale=float(scale), damping=float(damping),
+    R = _core.kron_spectral_apply(wG, QG, wA, QA, X, scale=_scalar(scale, "scale"),
+                                  damping=_scalar(damping, "damping"),
                                   power=-1.0)
     return back(R)
 
@@ -405,9 +439,35 @@ def kron_inv_quad(eig, Gv, Av, damping=0.0, scale=1.0, factored=False):
         Cost :math:`O(N(K n_G^2 + n_A^2 + n_A n_G + K^2 n_G))` -- no Kronecker solve
         per Jacobian row (that would be :math:`O(N K n_G n_A (n_G + n_A))`).
     """
-    wG, QG, wA, QA = eig
-    return _core.kron_inv_quad(wG, QG, wA, QA, Gv, Av, scale=float(scale), damping=float(damping),
+    wG, QG, wA, QA = _kron_eig(eig)
+    return _core.kron_inv_quad(wG, QG, wA, QA, Gv, Av, scale=_scalar(scale, "scale"),
+                               damping=_scalar(damping, "damping"),
                                factored=bool(factored))
+
+
+def diag_inv_quad(F, Gv, Av):
+    r"""GLM variances :math:`J_n \Sigma J_n^	op` of a dense layer with a DIAGONAL
+    covariance :math:`\Sigma`, from the rank-one Jacobian rows
+    :math:`J_{n,k} = \mathrm{vec}(g_{nk} a_n^	op)`:
+    ``out[n, k, k'] = sum_ij Gv[n,k,i] Gv[n,k',i] Av[n,j]**2 F[i,j]``.
+
+    Parameters
+    ----------
+    F : array_like, shape (nG, nA)
+        The variances arranged like the layer's :math:`[W\; b]` (the bias in the
+        last column, matching a last column of ones in ``Av``).
+    Gv : array_like, shape (N, K, nG)
+        Pre-activation gradients (the Jacobian of the bias).
+    Av : array_like, shape (N, nA)
+        Layer inputs ending with the constant 1 of the bias.
+
+    Returns
+    -------
+    ndarray, shape (N, K, K)
+        Cost :math:`O(N(n_A n_G + K^2 n_G))` instead of :math:`O(N K^2 n_G n_A)` for
+        the formed Jacobian rows.
+    """
+    return _core.diag_inv_quad(F, Gv, Av)
 
 
 def matrix_normal_sample(M, U, V, n, seed=None):

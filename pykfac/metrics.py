@@ -49,6 +49,10 @@ def nll(probs, y, eps=1e-12):
     Probabilities below ``eps`` count as ``eps``, so one confident mistake
     costs at most :math:`-\log \epsilon \approx 27.6` instead of infinity."""
     P, Y = _probs_and_labels(probs, y)
+    if isinstance(eps, (bool, np.bool_)) or not isinstance(eps, (int, float, np.integer, np.floating)):
+        raise TypeError(f"eps: expected a real number, got {type(eps).__name__}")
+    if not 0 < eps < 1:
+        raise ValueError(f"eps: expected a number in (0, 1), got {eps!r}")
     return float(-np.mean(np.log(np.maximum(P[np.arange(len(Y)), Y], eps))))
 
 
@@ -86,9 +90,14 @@ def gaussian_nll(mean, var, y):
     :math:`\frac1N\sum_{n,k} \tfrac12\log(2\pi v_{nk}) + \frac{(y_{nk}-m_{nk})^2}{2 v_{nk}}`
     (summed over the K outputs, averaged over the N rows). ``(mean, var)`` is
     what the regression predictive returns; ``var`` must be > 0."""
-    M = np.asarray(mean, dtype=np.float64)
-    V = np.asarray(var, dtype=np.float64)
-    Y = np.asarray(y, dtype=np.float64)
+    arrays = []
+    for name, value in (("mean", mean), ("var", var), ("y", y)):
+        arr = np.asarray(value)
+        # complex, object, str, bool: no silent conversion to float
+        if arr.dtype.kind not in "iuf":
+            raise TypeError(f"{name}: expected a real array, got dtype {arr.dtype}")
+        arrays.append(arr.astype(np.float64, copy=False))
+    M, V, Y = arrays
     if M.ndim == 1:
         M = M[:, None]
     if V.shape != M.shape and V.size == M.size:

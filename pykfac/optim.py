@@ -22,15 +22,19 @@ import numbers
 
 import numpy as np
 
-from . import _core
+from . import _core, _persist
 from ._data import resolve_seed
 from .curvature import _net
+from .mlp import MLP
 
 __all__ = ["Optimizer", "KFAC", "SGD", "Adam"]
 
 _LOSSES = ("mse", "ce", "bce")
 _CURVATURES = {"exact": 0, "mc": 1, "empirical": 2, "kfra": 3}
 _STRUCTURES = ("blockdiag", "tridiag")
+# save files (Optimizer.save / load)
+_FILE_FORMAT = "pykfac-optimizer"
+FORMAT_VERSION = 1
 
 
 # ---- argument checks -----------------------------------------------------------
@@ -160,6 +164,122 @@ class Optimizer:
             raise ValueError(f"state[{key!r}]: expected shape {tuple(shape)}, got {arr.shape}")
         return np.array(arr, dtype=self.net.dtype, order="C", copy=True)
 
+    # ---- files --------------------------------------------------------------
+    def _hyper(self):
+        """Constructor arguments besides net and loss (JSON values)."""
+        raise NotImplementedError
+
+    def save(self, path):
+        """Save a checkpoint to an ``.npz`` file (no pickle): the optimiser's
+        class, loss and hyperparameters, the network (sizes, activations,
+        dtype, parameters) and the full :meth:`state_dict`, with a format name,
+        version and a SHA-256 checksum over the metadata and every array.
+        :meth:`load` resumes the run bitwise identically."""
+        arrays = {"net_theta": self.net.theta}
+        meta = {"type": type(self).__name__, "loss": self.loss, "hyper": self._hyper(),
+                "net_sizes": list(self.net.sizes), "net_activations": list(self.net.activations),
+                "dtype": self.net.dtype.name, "state": _state_to_tree(self.state_dict(), "", arrays)}
+        _persist.write(path, _FILE_FORMAT, FORMAT_VERSION, meta, arrays)
+
+    @classmethod
+    def load(cls, path, net=None):
+        """Load an optimiser saved by :meth:`save`, ready to continue.
+
+        ``KFAC.load`` / ``SGD.load`` / ``Adam.load`` accept only their own kind
+        of file (``Optimizer.load`` any of them) and return a new optimiser
+        with the saved hyperparameters and state.
+
+        Parameters
+        ----------
+        path : str, path-like or binary file
+        net : MLP, optional
+            The network to train on: it must have the saved sizes,
+            activations and dtype (else ValueError), and its parameters are SET
+            to the saved ones. Without it a new network is built from the file
+            (``opt.net``).
+
+        Raises
+        ------
+        ValueError
+            Naming the file if it is not a pykfac optimiser file, holds another
+            kind of optimiser, is truncated or corrupted (checksum), has
+            another format version, or lacks, adds or reshapes an array.
+        """
+        meta, files = _persist.read(path, _FILE_FORMAT, (FORMAT_VERSION,), "optimizer")
+        classes = {"SGD": SGD, "Adam": Adam, "KFAC": KFAC}
+        kind = meta.get("type")
+        if not isinstance(kind, str) or kind not in classes:
+            raise ValueError(f"{path}: invalid metadata (type {kind!r}, expected one of {tuple(classes)})")
+        if cls is not Optimizer and classes[kind] is not cls:
+            raise ValueError(f"{path}: holds a {kind} optimiser, not {cls.__name__}")
+        with _persist.malformed(path):
+            dtype = _persist.float_dtype(meta["dtype"])
+            sizes = _persist.int_list(meta["net_sizes"], "net_sizes")
+            acts = meta["net_activations"]
+            if len(sizes) < 2 or not isinstance(acts, list) or not all(isinstance(a, str) for a in acts):
+                raise ValueError(f"net_sizes / net_activations: {sizes!r} / {acts!r}")
+            spec = {"net_theta": ((sum((i + 1) * o for i, o in zip(sizes[:-1], sizes[1:])),), dtype)}
+            names = _tree_arrays(meta["state"])
+            if "net_theta" in names or len(set(names)) != len(names):
+                raise ValueError("state: array references repeat or name net_theta")
+            spec.update({name: (None, dtype) for name in names})
+        _persist.check_arrays(path, files, spec)
+        if net is None:
+            with _persist.malformed(path):
+                net = MLP(sizes, activation=acts or "tanh", dtype=dtype)
+        else:
+            net = _net(net)
+            got = (list(net.sizes), list(net.activations), net.dtype.name)
+            if got != (sizes, acts, dtype.name):
+                raise ValueError(f"net: does not match the saved optimiser: sizes/activations/dtype "
+                                 f"{(sizes, acts, dtype.name)}, got {got}")
+        with _persist.malformed(path):
+            hyper = meta["hyper"]
+            if not isinstance(hyper, dict):
+                raise ValueError(f"hyper: expected a dict, got {hyper!r}")
+            opt = classes[kind](net, meta["loss"], **hyper)
+            opt.load_state_dict(_tree_to_state(meta["state"], files))
+        # only now, when everything is valid: a failed load leaves the network alone
+        net.theta = files["net_theta"]
+        return opt
+
+
+# ---- save files: a state_dict as JSON with its arrays stored alongside ---------------
+def _state_to_tree(value, name, arrays):
+    """JSON form of a state_dict value; arrays go to ``arrays`` under a name
+    derived from their place ({"array": name} marks them in the tree)."""
+    if isinstance(value, np.ndarray):
+        arrays[name] = value
+        return {"array": name}
+    if isinstance(value, dict):
+        return {k: _state_to_tree(v, f"{name}_{k}" if name else k, arrays) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_state_to_tree(v, f"{name}_{i}", arrays) for i, v in enumerate(value)]
+    return value
+
+
+def _tree_arrays(tree):
+    """Names of the arrays a JSON tree refers to."""
+    if isinstance(tree, dict):
+        if set(tree) == {"array"}:
+            if not isinstance(tree["array"], str):
+                raise ValueError(f"state: bad array reference {tree!r}")
+            return [tree["array"]]
+        return [n for v in tree.values() for n in _tree_arrays(v)]
+    if isinstance(tree, list):
+        return [n for v in tree for n in _tree_arrays(v)]
+    return []
+
+
+def _tree_to_state(tree, arrays):
+    if isinstance(tree, dict):
+        if set(tree) == {"array"}:
+            return arrays[tree["array"]]
+        return {k: _tree_to_state(v, arrays) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_tree_to_state(v, arrays) for v in tree]
+    return tree
+
 
 # ---- first-order baselines ------------------------------------------------------
 class SGD(Optimizer):
@@ -201,6 +321,10 @@ class SGD(Optimizer):
         _check_finite(self, total, self.net.theta)
         self.steps += 1
         return total / N
+
+    def _hyper(self):
+        return {"lr": self.lr, "momentum": self.momentum, "nesterov": self.nesterov,
+                "weight_decay": self.weight_decay}
 
     def state_dict(self):
         """Copy of the state: step count and momentum buffer."""
@@ -254,6 +378,10 @@ class Adam(Optimizer):
         _check_finite(self, total, self.net.theta)
         self.steps += 1
         return total / N
+
+    def _hyper(self):
+        return {"lr": self.lr, "betas": list(self.betas), "eps": self.eps,
+                "weight_decay": self.weight_decay}
 
     def state_dict(self):
         """Copy of the state: step count and both moment estimates."""
@@ -337,6 +465,10 @@ class KFAC(Optimizer):
     adapt_damping : bool
         Levenberg–Marquardt λ and the γ search; False keeps λ and
         γ = √(λ+η) fixed.
+    min_damping : float >= 0
+        Floor for the adapted λ (as kfac-jax's ``min_damping``). ρ measured on
+        the batch the step was fitted to tends to exceed 3/4 every time on
+        small minibatches, so λ would otherwise shrink geometrically.
     seed : int or None
         Seeds the MC targets (step k uses a seed derived from (seed, k)).
     mc_samples : int >= 1
@@ -367,7 +499,7 @@ class KFAC(Optimizer):
     def __init__(self, net, loss="ce", lr=None, momentum=None, damping=150.0, weight_decay=1e-5,
                  ema_decay=0.95, inverse_every=20, damping_every=5, structure="blockdiag",
                  curvature="mc", adapt_damping=True, seed=0, mc_samples=1, kl_clip=None,
-                 gamma_every=20, stats_batch=None):
+                 gamma_every=20, stats_batch=None, min_damping=1e-8):
         super().__init__(net, loss, weight_decay)
         self.lr = _real(lr, "lr", lo=0.0, lo_open=True, allow_none=True)
         self.momentum = _real(momentum, "momentum", lo=0.0, allow_none=True)
@@ -388,6 +520,7 @@ class KFAC(Optimizer):
         self.kl_clip = _real(kl_clip, "kl_clip", lo=0.0, lo_open=True, allow_none=True)
         self.stats_batch = None if stats_batch is None else _int(stats_batch, "stats_batch")
         self.damping = _real(damping, "damping", lo=0.0)
+        self.min_damping = _real(min_damping, "min_damping", lo=0.0)
         self.gamma = math.sqrt(self.damping + self.weight_decay)
         self._tridiag = self.structure == "tridiag" and self.net.n_layers > 1
         sizes = self.net.sizes
@@ -447,8 +580,11 @@ class KFAC(Optimizer):
         except _core.LinAlgError as e:
             raise _core.LinAlgError(
                 f"KFAC: the damped curvature is singular at gamma = {gamma:g} (damping λ = "
-                f"{self.damping:g}, weight_decay η = {self.weight_decay:g}); use damping > 0. "
-                f"({e})") from None
+                f"{self.damping:g}, weight_decay η = {self.weight_decay:g}); "
+                + ("use damping > 0" if self.damping + self.weight_decay == 0 else
+                   "the statistics may have blown up (a diverging fixed lr?): try a larger damping "
+                   "or a smaller lr")
+                + f". ({e})") from None
 
     def precondition(self, v):
         """``F̆⁻¹ v`` (theta order) with the current inverse (damped block-diagonal or
@@ -596,7 +732,7 @@ class KFAC(Optimizer):
                 rho = -math.inf
             w1 = (19.0 / 20.0) ** self.damping_every
             if rho > 0.75:
-                self.damping *= w1
+                self.damping = max(self.damping * w1, min(self.min_damping, self.damping))
             elif rho < 0.25:
                 self.damping /= w1
         self._prev = step
@@ -606,6 +742,15 @@ class KFAC(Optimizer):
         return value
 
     # ---- state ------------------------------------------------------------------
+    def _hyper(self):
+        # the current λ as the initial one: load_state_dict restores λ and γ anyway
+        return {"lr": self.lr, "momentum": self.momentum, "damping": self.damping,
+                "weight_decay": self.weight_decay, "ema_decay": self.ema_decay,
+                "inverse_every": self.inverse_every, "damping_every": self.damping_every,
+                "gamma_every": self.gamma_every, "structure": self.structure,
+                "curvature": self.curvature, "adapt_damping": self.adapt_damping, "seed": self.seed,
+                "mc_samples": self.mc_samples, "kl_clip": self.kl_clip, "stats_batch": self.stats_batch}
+
     def state_dict(self):
         """A deep copy of everything a resumed run needs to continue bitwise
         identically: step count, λ, γ, the moving averages, the current inverse,

@@ -107,6 +107,38 @@ def test_jacobian(make_problem, act):
     ref.assert_close(J, fd, 1e-7, "jacobian vs finite differences of net(X)")
 
 
+@pytest.mark.parametrize("act", ref.ACTIVATIONS)
+@pytest.mark.parametrize("hidden", [(), (4,), (4, 5)])
+def test_jacobian_factors_reassemble_the_jacobian(make_problem, act, hidden):
+    """W-columns of layer l are g (x) a, b-columns g; the factors of layer l are
+    (dF/ds_l, a_l) with a_0 = X (compared with the reference network's Jacobian)."""
+    net, X, _, rnet = make_problem("ce", hidden=hidden, activation=act, N=6)
+    J = rnet.jacobian(X)
+    factors = pk.jacobian_factors(net, X)
+    assert len(factors) == net.n_layers
+    np.testing.assert_array_equal(factors[0][1], X)
+    for layer, (G, A) in zip(net.layers, factors):
+        out, inp = layer.out_features, layer.in_features
+        assert G.shape == (6, net.n_outputs, out) and A.shape == (6, inp)
+        o = layer.offset
+        JW = np.einsum("nki,nj->nkij", G, A).reshape(6, net.n_outputs, out * inp)
+        ref.assert_close(JW, J[:, :, o:o + out * inp], 1e-13, "W columns from the factors")
+        ref.assert_close(G, J[:, :, o + out * inp:o + out * inp + out], 1e-13, "b columns")
+
+
+def test_jacobian_factors_float32_and_bad_input():
+    net = pk.MLP([3, 4, 2], dtype=np.float32, seed=1)
+    X = np.random.default_rng(0).normal(size=(5, 3))
+    (G0, A0), (G1, A1) = pk.jacobian_factors(net, X)
+    assert G0.dtype == A1.dtype == np.float32
+    np.testing.assert_allclose(A1, net.features(X), rtol=1e-6)
+    np.testing.assert_allclose(G1, np.broadcast_to(np.eye(2, dtype=np.float32), (5, 2, 2)))
+    with pytest.raises(ValueError, match=r"X: expected shape \(N, 3\)"):
+        pk.jacobian_factors(net, X[:, :2])
+    with pytest.raises(ValueError, match="X: empty batch"):
+        pk.jacobian_factors(net, X[:0])
+
+
 @pytest.mark.parametrize("act", SOME_ACTS)
 def test_jvp_vjp(make_problem, act):
     net, X, _, _ = make_problem("ce", hidden=(5, 4), activation=act, N=7)

@@ -13,6 +13,7 @@ import pytest
 
 import pykfac as pk
 from pykfac import _core
+from pykfac import laplace as laplace_module
 
 STRUCTURES = ("full", "diag", "kron", "lowrank")
 LIKE = {"regression": "mse", "classification": "ce", "binary": "bce"}
@@ -149,6 +150,19 @@ def test_kron_kinds(kind):
         assert la.posterior_precision_dense().shape == (net.num_params,) * 2
         return
     np.testing.assert_allclose(la.posterior_precision_dense(), K.to_dense() + np.eye(net.num_params), atol=1e-10)
+
+
+@pytest.mark.parametrize("structure, kind", [("full", "exact"), ("lowrank", "exact")] +
+                         [("diag", k) for k in ("exact", "mc", "empirical")] +
+                         [("kron", k) for k in ("exact", "mc", "empirical", "kfra")])
+@pytest.mark.parametrize("likelihood", ["regression", "classification", "binary"])
+def test_fit_loss_is_the_summed_training_loss(structure, kind, likelihood):
+    """diag and kron take the loss from the curvature kernel's own forward pass."""
+    net, X, y = make(likelihood, N=11)
+    la = pk.Laplace(net, likelihood, structure, kind=kind, seed=0)
+    la.fit([(X[:4], y[:4]), (X[4:], y[4:])])
+    assert la.loss == pytest.approx(pk.loss(net, X, y, la.lossname), rel=1e-13)
+    assert la.n_data == 11
 
 
 def test_batches_equal_one_pass():
@@ -376,6 +390,22 @@ def test_glm_variance_is_J_Sigma_JT(structure, subset):
     kern = la.kernel(Xt, Xt[:3])
     np.testing.assert_allclose(kern, np.einsum("nkd,de,mle->nkml", J, Sigma, J[:3]), atol=1e-10)
     np.testing.assert_allclose(la.kernel(Xt)[np.arange(7), :, np.arange(7), :], fv_ref, atol=1e-10)
+
+
+@pytest.mark.parametrize("structure, prior", [(s, p) for s in STRUCTURES for p in ("scalar", "param")
+                                              if (s, p) != ("kron", "param")])
+def test_predictive_in_chunks_equals_one_pass(monkeypatch, structure, prior):
+    """The predictive works through row chunks of the test inputs (bounded
+    Jacobian memory); tiny chunks give the same answers as one pass."""
+    net, X, y = make("classification", N=12)
+    p = 0.7 if prior == "scalar" else np.random.default_rng(3).uniform(0.3, 2, net.num_params)
+    la = pk.Laplace(net, "classification", structure, prior_precision=p).fit((X, y))
+    Xt = np.random.default_rng(5).normal(size=(9, X.shape[1]))
+    fv, probs = la.functional_variance(Xt), la.predictive(Xt)
+    monkeypatch.setattr(laplace_module, "_J_CHUNK_BYTES", 1)
+    assert la._chunk_rows() == 1
+    np.testing.assert_allclose(la.functional_variance(Xt), fv, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(la.predictive(Xt), probs, rtol=1e-12, atol=1e-14)
 
 
 def test_probit_formula_and_binary():

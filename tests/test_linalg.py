@@ -379,6 +379,48 @@ def test_kron_inv_quad_rank_one_rows(factored):
         la.kron_inv_quad(la.kron_eigh(np.diag([1.0, 0, 1, 1, 1]), G), Gv, Av, damping=0.0)
 
 
+def test_diag_inv_quad_rank_one_rows():
+    r = rng_(18)
+    nG, nA, N, K = 4, 5, 6, 3
+    F = r.uniform(0.1, 2.0, (nG, nA))
+    Gv = r.standard_normal((N, K, nG))
+    Av = r.standard_normal((N, nA))
+    J = np.einsum("nki,nj->nkij", Gv, Av).reshape(N, K, -1)
+    ref = np.einsum("nkd,d,nld->nkl", J, F.ravel(), J)
+    np.testing.assert_allclose(la.diag_inv_quad(F, Gv, Av), ref, rtol=1e-12, atol=1e-13)
+    out32 = la.diag_inv_quad(F.astype(np.float32), Gv.astype(np.float32), Av.astype(np.float32))
+    assert out32.dtype == np.float32
+    np.testing.assert_allclose(out32, ref, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="Gv: expected shape"):
+        la.diag_inv_quad(F, Gv[:, :, :3], Av)
+    with pytest.raises(ValueError, match="Av: expected shape"):
+        la.diag_inv_quad(F, Gv, Av[:, :4])
+    with pytest.raises(ValueError, match="F: .*NaN"):
+        la.diag_inv_quad(np.full_like(F, np.nan), Gv, Av)
+
+
+@pytest.mark.parametrize("nG, nA, N", [(3, 4, 5), (60, 40, 70)])  # the second runs in 3 row chunks
+def test_linear_cov_quad_is_J_S_JT_in_theta_order(nG, nA, N):
+    from pykfac import _core
+
+    r = rng_(19)
+    B = r.standard_normal((nG * nA, 64))
+    S = B @ B.T / 64 + np.diag(r.uniform(0.5, 1.5, nG * nA))
+    Av = np.hstack([r.standard_normal((N, nA - 1)), np.ones((N, 1))])
+    rows = np.unique([0, 1, 28, 29, 57, 58, N - 1]) % N  # both sides of every chunk boundary
+    # theta order of a linear layer: W (nG x (nA-1)) row-major, then b
+    J = np.zeros((len(rows), nG, nG * nA))
+    for k in range(nG):
+        J[:, k, k * (nA - 1):(k + 1) * (nA - 1)] = Av[rows, :-1]
+        J[:, k, nG * (nA - 1) + k] = 1.0
+    ref = J @ S @ J.transpose(0, 2, 1)
+    out = _core.linear_cov_quad(S, Av, nG)
+    assert out.shape == (N, nG, nG)
+    np.testing.assert_allclose(out[rows], ref, rtol=1e-11, atol=1e-12)
+    with pytest.raises(ValueError, match="S: expected shape"):
+        _core.linear_cov_quad(S, Av[:, 1:], nG)
+
+
 def test_lowrank_eigh_wide():
     """More columns than rows: U U^T is decomposed directly."""
     r = rng_(17)
@@ -453,11 +495,29 @@ def test_kron_sample_covariance(factored):
         P = np.kron(s * G + np.sqrt(d) * np.eye(nG), A + np.sqrt(d) * np.eye(nA))
     else:
         P = s * np.kron(G, A) + d * np.eye(nG * nA)
-    Z = r.standard_normal((20000, nG, nA))
-    R = _core.kron_sample(*eig, Z, scale=s, damping=d, factored=factored)
-    assert_cov(R.reshape(20000, -1), np.zeros(nG * nA), np.linalg.inv(P))
+    # draws land in theta order (W row-major, then b = the last column of [W b])
+    # inside a wider array, ADDED to what is there (the mean)
+    theta_of_wbar = np.concatenate([(np.arange(nG)[:, None] * nA + np.arange(nA - 1)).ravel(),
+                                    np.arange(nG) * nA + nA - 1])
+    wide = np.zeros((20000, nG * nA + 3))
+    wide[:, 1:-2] = 5.0
+    _core.kron_sample(*eig, wide[:, 1:-2], 7, scale=s, damping=d, factored=factored)
+    assert np.all(wide[:, [0, -2, -1]] == 0)
+    Sigma = np.linalg.inv(P)[np.ix_(theta_of_wbar, theta_of_wbar)]
+    assert_cov(wide[:, 1:-2], np.full(nG * nA, 5.0), Sigma)
+    again = np.zeros((20000, nG * nA))
+    _core.kron_sample(*eig, again, 7, scale=s, damping=d, factored=factored)
+    np.testing.assert_array_equal(again + 5.0, wide[:, 1:-2])  # same seed, same draws
     with pytest.raises(pk.LinAlgError):
-        _core.kron_sample(*la.kron_eigh(np.diag([1.0, 0, 1]), G), Z[:2], damping=0.0)
+        _core.kron_sample(*la.kron_eigh(np.diag([1.0, 0, 1]), G), np.zeros((2, nG * 3)), 0, damping=0.0)
+    with pytest.raises(ValueError, match="out: expected a writeable"):
+        _core.kron_sample(*eig, np.zeros((2, nG * nA + 1)), 0)
+    empty = np.zeros((0, nG * nA + 3))[:, 1:-2]
+    _core.kron_sample(*eig, empty, 0)  # no draws, nothing to do
+    ro = np.zeros((2, nG * nA))
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="out: expected a writeable"):
+        _core.kron_sample(*eig, ro, 0)
 
 
 @pytest.mark.parametrize("loss", ["mse", "ce", "bce"])

@@ -303,3 +303,23 @@ def test_two_threads_inside_kernels_at_once():
     margin = 0.03 + 0.1 * (hi - lo)
     if hi - lo > 2 * margin:
         assert any(lo + margin < s < hi - margin for s in stamps)
+
+
+def test_set_num_threads_sets_and_restores_the_blas_thread_count():
+    before = pk.show_config(print_out=False)["blas_threads"]
+    with pk.set_num_threads(1) as setting:
+        assert setting.previous == before and setting.num_threads == 1
+        assert pk.show_config(print_out=False)["blas_threads"] == 1
+        p = Problem("ce", 3)
+        G1 = pk.ggn(p.net, p.X, p.y, "ce")
+    assert pk.show_config(print_out=False)["blas_threads"] == before
+    np.testing.assert_allclose(pk.ggn(p.net, p.X, p.y, "ce"), G1, rtol=1e-12, atol=1e-14)
+    pk.set_num_threads(1)
+    try:
+        assert pk.show_config(print_out=False)["blas_threads"] == 1
+    finally:
+        pk.set_num_threads(before)
+    for bad, exc in ((0, ValueError), (-2, ValueError), (1.5, TypeError), (True, TypeError), ("2", TypeError)):
+        with pytest.raises(exc, match="n: expected"):
+            pk.set_num_threads(bad)
+    assert pk.show_config(print_out=False)["blas_threads"] == before

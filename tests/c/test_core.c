@@ -220,12 +220,29 @@ static void test_rng_fill_normal(void)
     int same = 1;
     for (int i = 0; i < 257; i++) same &= d[i] == pk_rng_normal(&b);
     CHECK(same);
-    /* float32 is the rounded double stream */
+    /* float32 has its own generator (two draws per 64 random bits): reproducible
+     * per seed, finite, and a standard normal by its first moments */
+    float f2[257];
     pk_rng_seed(&a, 5);
     CHECK_INT_EQ(pk_rng_fill_normal(&a, PK_FLOAT32, 257, f), PK_OK);
+    pk_rng_seed(&a, 5);
+    CHECK_INT_EQ(pk_rng_fill_normal(&a, PK_FLOAT32, 257, f2), PK_OK);
     same = 1;
-    for (int i = 0; i < 257; i++) same &= f[i] == (float)d[i];
+    for (int i = 0; i < 257; i++) same &= f[i] == f2[i] && isfinite(f[i]);
     CHECK(same);
+    {
+        enum { NF = 200000 };
+        static float big[NF];
+        pk_rng_seed(&a, 11);
+        CHECK_INT_EQ(pk_rng_fill_normal(&a, PK_FLOAT32, NF, big), PK_OK);
+        double m = 0, v = 0;
+        for (int i = 0; i < NF; i++) m += big[i];
+        m /= NF;
+        for (int i = 0; i < NF; i++) v += (big[i] - m) * (big[i] - m);
+        v /= NF - 1;
+        CHECK_CLOSE(m, 0.0, 0, 5 * sqrt(1.0 / NF));
+        CHECK_CLOSE(v, 1.0, 0, 5 * sqrt(2.0 / NF));
+    }
     /* n = 0 writes nothing and accepts NULL */
     CHECK_INT_EQ(pk_rng_fill_normal(&a, PK_FLOAT64, 0, NULL), PK_OK);
     /* errors */
@@ -526,12 +543,12 @@ static void test_linear_mse_closed_form(void)
             }
     }
     double dg[LD] = {0}, ef[LD] = {0};
-    CHECK_INT_EQ(pk_diag_curvature(&net, PK_FISHER_EXACT, PK_LOSS_MSE, LN, lin_X, lin_Y, 0, NULL, dg), PK_OK);
+    CHECK_INT_EQ(pk_diag_curvature(&net, PK_FISHER_EXACT, PK_LOSS_MSE, LN, lin_X, lin_Y, 0, NULL, dg, NULL), PK_OK);
     CHECK_ALLCLOSE(dg, want_dg, LD, 1e-14, 1e-14);
-    CHECK_INT_EQ(pk_diag_curvature(&net, PK_FISHER_EMPIRICAL, PK_LOSS_MSE, LN, lin_X, lin_Y, 0, NULL, ef), PK_OK);
+    CHECK_INT_EQ(pk_diag_curvature(&net, PK_FISHER_EMPIRICAL, PK_LOSS_MSE, LN, lin_X, lin_Y, 0, NULL, ef, NULL), PK_OK);
     CHECK_ALLCLOSE(ef, want_ef, LD, 1e-13, 1e-13);
     /* out += : a second call doubles */
-    CHECK_INT_EQ(pk_diag_curvature(&net, PK_FISHER_EXACT, PK_LOSS_MSE, LN, lin_X, lin_Y, 0, NULL, dg), PK_OK);
+    CHECK_INT_EQ(pk_diag_curvature(&net, PK_FISHER_EXACT, PK_LOSS_MSE, LN, lin_X, lin_Y, 0, NULL, dg, NULL), PK_OK);
     for (int i = 0; i < LD; i++) want_dg[i] *= 2;
     CHECK_ALLCLOSE(dg, want_dg, LD, 1e-14, 1e-14);
 
@@ -551,7 +568,7 @@ static void test_linear_mse_closed_form(void)
     for (int t = 0; t < 3; t++) {
         double A[LQ * LQ] = {0}, Gf[LK * LK] = {0};
         void *Ap[1] = {A}, *Gp[1] = {Gf};
-        CHECK_INT_EQ(pk_kfac_factors(&net, kinds[t], PK_LOSS_MSE, LN, lin_X, lin_Y, 1, NULL, Ap, Gp, NULL, NULL), PK_OK);
+        CHECK_INT_EQ(pk_kfac_factors(&net, kinds[t], PK_LOSS_MSE, LN, lin_X, lin_Y, 1, NULL, Ap, Gp, NULL, NULL, NULL), PK_OK);
         CHECK_ALLCLOSE(A, wantA, LQ * LQ, 1e-14, 1e-14);
         CHECK_ALLCLOSE(Gf, kinds[t] == PK_FISHER_EMPIRICAL ? wantGe : wantGn, LK * LK, 1e-13, 1e-13);
     }
@@ -619,7 +636,7 @@ static void test_bce_tiny(void)
     for (int t = 0; t < 2; t++) {
         double A0[4] = {0}, A1[4] = {0}, G0[1] = {0}, G1[1] = {0};
         void *Ap[2] = {A0, A1}, *Gp[2] = {G0, G1};
-        CHECK_INT_EQ(pk_kfac_factors(&net, kinds[t], PK_LOSS_BCE, 1, &x, &y1, 1, NULL, Ap, Gp, NULL, NULL), PK_OK);
+        CHECK_INT_EQ(pk_kfac_factors(&net, kinds[t], PK_LOSS_BCE, 1, &x, &y1, 1, NULL, Ap, Gp, NULL, NULL, NULL), PK_OK);
         const double wantA0[4] = {x * x, x, x, 1}, wantA1[4] = {h * h, h, h, 1};
         CHECK_ALLCLOSE(A0, wantA0, 4, 1e-14, 1e-15);
         CHECK_ALLCLOSE(A1, wantA1, 4, 1e-14, 1e-15);
@@ -658,8 +675,8 @@ static void test_empty_batch(void)
         rc[2] = pk_curvature_matvec(&net, PK_CURV_GGN, PK_LOSS_MSE, n, X, Y, 1, V, out);
         rc[3] = pk_hessian(&net, PK_LOSS_CE, n, X, labels, out);
         rc[4] = pk_ggn(&net, PK_LOSS_CE, n, X, labels, out);
-        rc[5] = pk_diag_curvature(&net, PK_FISHER_MC, PK_LOSS_CE, n, X, labels, 1, &rng, out);
-        rc[6] = pk_kfac_factors(&net, PK_FISHER_EXACT, PK_LOSS_CE, n, X, labels, 1, NULL, Ap, Gp, NULL, NULL);
+        rc[5] = pk_diag_curvature(&net, PK_FISHER_MC, PK_LOSS_CE, n, X, labels, 1, &rng, out, NULL);
+        rc[6] = pk_kfac_factors(&net, PK_FISHER_EXACT, PK_LOSS_CE, n, X, labels, 1, NULL, Ap, Gp, NULL, NULL, NULL);
         rc[7] = pk_forward(&net, n, X, out);
         rc[8] = pk_loss_per_sample(&net, PK_LOSS_MSE, n, X, Y, out);
         rc[9] = pk_jacobian(&net, n, X, out);
@@ -698,20 +715,20 @@ static void test_bad_arguments(void)
     /* unknown loss / curvature / fisher kinds */
     CHECK(pk_loss_grad(&net, (pk_loss_t)7, 2, X, labels, &loss, NULL) < 0);
     CHECK(pk_curvature_matvec(&net, (pk_curv_t)9, PK_LOSS_CE, 2, X, labels, 1, theta, out) < 0);
-    CHECK(pk_diag_curvature(&net, (pk_fisher_t)9, PK_LOSS_CE, 2, X, labels, 1, &rng, out) < 0);
+    CHECK(pk_diag_curvature(&net, (pk_fisher_t)9, PK_LOSS_CE, 2, X, labels, 1, &rng, out, NULL) < 0);
     /* bce needs K = 1: PK_ERR_LOSS */
     CHECK_INT_EQ(pk_loss_grad(&net, PK_LOSS_BCE, 2, X, Y, &loss, NULL), PK_ERR_LOSS);
     /* m < 0 columns */
     CHECK(pk_curvature_matvec(&net, PK_CURV_GGN, PK_LOSS_CE, 2, X, labels, -1, theta, out) < 0);
     CHECK(pk_jvp(&net, 2, X, -1, theta, out) < 0);
     /* MC without a generator, or with negative samples */
-    CHECK(pk_diag_curvature(&net, PK_FISHER_MC, PK_LOSS_CE, 2, X, labels, 1, NULL, out) < 0);
-    CHECK(pk_diag_curvature(&net, PK_FISHER_MC, PK_LOSS_CE, 2, X, labels, -1, &rng, out) < 0);
+    CHECK(pk_diag_curvature(&net, PK_FISHER_MC, PK_LOSS_CE, 2, X, labels, 1, NULL, out, NULL) < 0);
+    CHECK(pk_diag_curvature(&net, PK_FISHER_MC, PK_LOSS_CE, 2, X, labels, -1, &rng, out, NULL) < 0);
     double A[9] = {0}, G[9] = {0};
     void *Ap[1] = {A}, *Gp[1] = {G};
-    CHECK(pk_kfac_factors(&net, PK_FISHER_MC, PK_LOSS_CE, 2, X, labels, 1, NULL, Ap, Gp, NULL, NULL) < 0);
-    CHECK(pk_kfac_factors(&net, PK_FISHER_MC, PK_LOSS_CE, 2, X, labels, -1, &rng, Ap, Gp, NULL, NULL) < 0);
-    CHECK(pk_kfac_factors(&net, PK_FISHER_EXACT, PK_LOSS_CE, 2, X, labels, 1, NULL, NULL, Gp, NULL, NULL) < 0);
+    CHECK(pk_kfac_factors(&net, PK_FISHER_MC, PK_LOSS_CE, 2, X, labels, 1, NULL, Ap, Gp, NULL, NULL, NULL) < 0);
+    CHECK(pk_kfac_factors(&net, PK_FISHER_MC, PK_LOSS_CE, 2, X, labels, -1, &rng, Ap, Gp, NULL, NULL, NULL) < 0);
+    CHECK(pk_kfac_factors(&net, PK_FISHER_EXACT, PK_LOSS_CE, 2, X, labels, 1, NULL, NULL, Gp, NULL, NULL, NULL) < 0);
 }
 
 static void test_labels_out_of_range(void)
@@ -730,11 +747,11 @@ static void test_labels_out_of_range(void)
         CHECK_INT_EQ(pk_loss_grad(&net, PK_LOSS_CE, 2, X, labels, &loss, out), PK_ERR_LABEL);
         CHECK_INT_EQ(pk_loss_grad(&net, PK_LOSS_CE, 2, X, labels, &loss, NULL), PK_ERR_LABEL);
         CHECK_INT_EQ(pk_loss_per_sample(&net, PK_LOSS_CE, 2, X, labels, per), PK_ERR_LABEL);
-        CHECK_INT_EQ(pk_diag_curvature(&net, PK_FISHER_EMPIRICAL, PK_LOSS_CE, 2, X, labels, 0, NULL, out), PK_ERR_LABEL);
+        CHECK_INT_EQ(pk_diag_curvature(&net, PK_FISHER_EMPIRICAL, PK_LOSS_CE, 2, X, labels, 0, NULL, out, NULL), PK_ERR_LABEL);
         CHECK_INT_EQ(pk_curvature_matvec(&net, PK_CURV_HESSIAN, PK_LOSS_CE, 2, X, labels, 1, theta, out), PK_ERR_LABEL);
         double A0[9] = {0}, A1[16] = {0}, G0[9] = {0}, G1[9] = {0};
         void *Ap[2] = {A0, A1}, *Gp[2] = {G0, G1};
-        CHECK_INT_EQ(pk_kfac_factors(&net, PK_FISHER_EMPIRICAL, PK_LOSS_CE, 2, X, labels, 1, NULL, Ap, Gp, NULL, NULL), PK_ERR_LABEL);
+        CHECK_INT_EQ(pk_kfac_factors(&net, PK_FISHER_EMPIRICAL, PK_LOSS_CE, 2, X, labels, 1, NULL, Ap, Gp, NULL, NULL, NULL), PK_ERR_LABEL);
     }
     /* bce: labels are 0/1 (and -1 read as 0) */
     static const int64_t s1[3] = {2, 3, 1};
@@ -787,7 +804,7 @@ static void test_huge_logits(void)
             double G[36], H[36], dg[6] = {0}, lam[9], S[9], dl[3];
             CHECK_INT_EQ(pk_ggn(&net, PK_LOSS_CE, 1, &x, &y, G), PK_OK);
             CHECK_INT_EQ(pk_hessian(&net, PK_LOSS_CE, 1, &x, &y, H), PK_OK);
-            CHECK_INT_EQ(pk_diag_curvature(&net, PK_FISHER_EMPIRICAL, PK_LOSS_CE, 1, &x, &y, 0, NULL, dg), PK_OK);
+            CHECK_INT_EQ(pk_diag_curvature(&net, PK_FISHER_EMPIRICAL, PK_LOSS_CE, 1, &x, &y, 0, NULL, dg, NULL), PK_OK);
             CHECK_INT_EQ(pk_output_curvature(&net, PK_LOSS_CE, 1, &x, &y, dl, lam, S), PK_OK);
             /* p is one-hot up to e^-1e4, so Lambda = diag(p) - p p^T = 0 */
             CHECK(max_abs(G, 36) < 1e-12);
@@ -966,7 +983,7 @@ static void test_products_match_dense(void)
         /* diag GGN = diag(G); empirical = sum_n grad_n^2 */
         double *dg = dalloc(D), *ef = dalloc(D), *efref = dalloc(D), *dref = dalloc(D), *g1 = dalloc(D);
         for (long p = 0; p < D; p++) dref[p] = G[p * D + p];
-        CHECK_INT_EQ(pk_diag_curvature(&t.net, PK_FISHER_EXACT, loss, n, X, y, 0, NULL, dg), PK_OK);
+        CHECK_INT_EQ(pk_diag_curvature(&t.net, PK_FISHER_EXACT, loss, n, X, y, 0, NULL, dg, NULL), PK_OK);
         CHECK_ALLCLOSE(dg, dref, D, 1e-10, 1e-13);
         for (long i = 0; i < n; i++) {
             const void *yi = loss == PK_LOSS_CE ? (const void *)(labels + i)
@@ -974,18 +991,18 @@ static void test_products_match_dense(void)
             CHECK_INT_EQ(pk_loss_grad(&t.net, loss, 1, X + i * 4, yi, &lossv, g1), PK_OK);
             for (long p = 0; p < D; p++) efref[p] += g1[p] * g1[p];
         }
-        CHECK_INT_EQ(pk_diag_curvature(&t.net, PK_FISHER_EMPIRICAL, loss, n, X, y, 0, NULL, ef), PK_OK);
+        CHECK_INT_EQ(pk_diag_curvature(&t.net, PK_FISHER_EMPIRICAL, loss, n, X, y, 0, NULL, ef, NULL), PK_OK);
         CHECK_ALLCLOSE(ef, efref, D, 1e-10, 1e-13);
         /* MC diagonal: reproducible from the seed, unbiased for the GGN diagonal */
         double *mc1 = dalloc(D), *mc2 = dalloc(D);
         pk_rng_t r1, r2;
         pk_rng_seed(&r1, 77);
         pk_rng_seed(&r2, 77);
-        CHECK_INT_EQ(pk_diag_curvature(&t.net, PK_FISHER_MC, loss, n, X, y, 3, &r1, mc1), PK_OK);
-        CHECK_INT_EQ(pk_diag_curvature(&t.net, PK_FISHER_MC, loss, n, X, y, 3, &r2, mc2), PK_OK);
+        CHECK_INT_EQ(pk_diag_curvature(&t.net, PK_FISHER_MC, loss, n, X, y, 3, &r1, mc1, NULL), PK_OK);
+        CHECK_INT_EQ(pk_diag_curvature(&t.net, PK_FISHER_MC, loss, n, X, y, 3, &r2, mc2, NULL), PK_OK);
         CHECK_ALLCLOSE(mc1, mc2, D, 0, 0);
         memset(mc1, 0, sizeof(double) * D);
-        CHECK_INT_EQ(pk_diag_curvature(&t.net, PK_FISHER_MC, loss, n, X, y, 4000, &r1, mc1), PK_OK);
+        CHECK_INT_EQ(pk_diag_curvature(&t.net, PK_FISHER_MC, loss, n, X, y, 4000, &r1, mc1, NULL), PK_OK);
         double smc = 0, sref = 0;
         for (long p = 0; p < D; p++) smc += mc1[p], sref += dref[p];
         CHECK_CLOSE(smc, sref, 0.1, 0);
@@ -1010,7 +1027,7 @@ static void check_kfac_blocks(const testnet_t *t, pk_fisher_t kind, pk_loss_t lo
     }
     double *GGN = dalloc(D * D);
     CHECK_INT_EQ(pk_ggn(&t->net, loss, n, X, y, GGN), PK_OK);
-    CHECK_INT_EQ(pk_kfac_factors(&t->net, kind, loss, n, X, y, 1, NULL, (void *const *)A, (void *const *)G, NULL, NULL), PK_OK);
+    CHECK_INT_EQ(pk_kfac_factors(&t->net, kind, loss, n, X, y, 1, NULL, (void *const *)A, (void *const *)G, NULL, NULL, NULL), PK_OK);
     for (int l = 0; l < L; l++) {
         long out = t->sizes[l + 1], in = t->sizes[l], p = out * (in + 1);
         double *B = dalloc(p * p), *blk = dalloc(p * p);
@@ -1061,8 +1078,8 @@ static void test_kfac_accumulates_and_scales(void)
         double A1[3][16] = {{0}}, G1[3][9] = {{0}}, A5[3][16] = {{0}}, G5[3][9] = {{0}};
         void *a1[3] = {A1[0], A1[1], A1[2]}, *g1[3] = {G1[0], G1[1], G1[2]};
         void *a5[3] = {A5[0], A5[1], A5[2]}, *g5[3] = {G5[0], G5[1], G5[2]};
-        CHECK_INT_EQ(pk_kfac_factors(&t.net, kinds[k], PK_LOSS_CE, 1, X, labels, 1, NULL, a1, g1, NULL, NULL), PK_OK);
-        CHECK_INT_EQ(pk_kfac_factors(&t.net, kinds[k], PK_LOSS_CE, 5, X, labels, 1, NULL, a5, g5, NULL, NULL), PK_OK);
+        CHECK_INT_EQ(pk_kfac_factors(&t.net, kinds[k], PK_LOSS_CE, 1, X, labels, 1, NULL, a1, g1, NULL, NULL, NULL), PK_OK);
+        CHECK_INT_EQ(pk_kfac_factors(&t.net, kinds[k], PK_LOSS_CE, 5, X, labels, 1, NULL, a5, g5, NULL, NULL, NULL), PK_OK);
         for (int l = 0; l < 3; l++) {
             long q = t.sizes[l] + 1, o = t.sizes[l + 1];
             double want[16];
@@ -1073,7 +1090,7 @@ static void test_kfac_accumulates_and_scales(void)
         }
         /* batches add up: a second call with the 1-datum batch four more times */
         for (int rep = 0; rep < 4; rep++)
-            CHECK_INT_EQ(pk_kfac_factors(&t.net, kinds[k], PK_LOSS_CE, 1, X, labels, 1, NULL, a1, g1, NULL, NULL), PK_OK);
+            CHECK_INT_EQ(pk_kfac_factors(&t.net, kinds[k], PK_LOSS_CE, 1, X, labels, 1, NULL, a1, g1, NULL, NULL, NULL), PK_OK);
         for (int l = 0; l < 3; l++) {
             long q = t.sizes[l] + 1, o = t.sizes[l + 1];
             CHECK_ALLCLOSE(A1[l], A5[l], q * q, 1e-12, 1e-14);
@@ -1148,7 +1165,7 @@ static void test_kfac_bias_blocks_and_cross_factors(void)
             for (int k = 0; k < L; k++) A[k] = dalloc(q[k] * q[k]), G[k] = dalloc(outw[k] * outw[k]);
             for (int k = 0; k < L - 1; k++) Ac[k] = dalloc(q[k] * q[k + 1]), Gc[k] = dalloc(outw[k] * outw[k + 1]);
             CHECK_INT_EQ(pk_kfac_factors(&t.net, kinds[kk], loss, n, X, y, 1, NULL, (void *const *)A,
-                                         (void *const *)G, (void *const *)Ac, (void *const *)Gc), PK_OK);
+                                         (void *const *)G, (void *const *)Ac, (void *const *)Gc, NULL), PK_OK);
             for (int k = 0; k < L; k++) {
                 /* A[k] = sum abar abar^T; A_cross[k] = sum abar_k abar_{k+1}^T */
                 double *wantA = dalloc(q[k] * q[k]);
@@ -1194,11 +1211,11 @@ static void test_kfac_bias_blocks_and_cross_factors(void)
         for (int k = 0; k < L; k++) A[k] = dalloc(q[k] * q[k]), G[k] = dalloc(outw[k] * outw[k]);
         for (int k = 0; k < L - 1; k++) Ac[k] = dalloc(q[k] * q[k + 1]), Gc[k] = dalloc(outw[k] * outw[k + 1]);
         CHECK(pk_kfac_factors(&t.net, PK_FISHER_EXACT, loss, n, X, y, 1, NULL, (void *const *)A, (void *const *)G,
-                              (void *const *)Ac, NULL) < 0);
+                              (void *const *)Ac, NULL, NULL) < 0);
         CHECK(pk_kfac_factors(&t.net, PK_FISHER_EXACT, loss, n, X, y, 1, NULL, (void *const *)A, (void *const *)G,
-                              NULL, (void *const *)Gc) < 0);
+                              NULL, (void *const *)Gc, NULL) < 0);
         CHECK(pk_kfac_factors(&t.net, PK_FISHER_KFRA, loss, n, X, y, 1, NULL, (void *const *)A, (void *const *)G,
-                              (void *const *)Ac, (void *const *)Gc) < 0);
+                              (void *const *)Ac, (void *const *)Gc, NULL) < 0);
         for (int k = 0; k < L; k++) free(A[k]), free(G[k]), free(abar[k]);
         for (int k = 0; k < L - 1; k++) free(Ac[k]), free(Gc[k]);
         free(gs), free(GGN), free(t.theta);
