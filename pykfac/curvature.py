@@ -96,7 +96,7 @@ def jacobian_factors(net, X):
     r"""The Jacobian rows in factored form, one pair per layer.
 
     A dense layer :math:`s = W a + b` has rank-one Jacobian rows:
-    :math:`\partial f_k / \partial W = g_k a^	op` and :math:`\partial f_k / \partial b = g_k`
+    :math:`\partial f_k / \partial W = g_k a^\top` and :math:`\partial f_k / \partial b = g_k`
     with :math:`g_k = \partial f_k / \partial s`. Returns ``[(G_l, A_l), ...]`` with
     ``G_l`` (N, K, out_l) the pre-activation gradients and ``A_l`` (N, in_l) the
     layer inputs (``A_0 = X``): memory :math:`O(NK\sum_l \mathrm{out}_l)` instead of the

@@ -65,13 +65,21 @@ _LOWRANK_MAX = 1 << 28
 
 
 def _pos_float(value, name):
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name}: expected a positive number, got {value!r}") from None
+    # bools and strings are not numbers here, although float() takes them
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a positive number, got {value!r}")
+    v = float(value)
     if not (math.isfinite(v) and v > 0):
         raise ValueError(f"{name}: expected a finite number > 0, got {v}")
     return v
+
+
+def _real_array(value, name):
+    """``value`` as a float64 array; numbers only (no bool, complex, str or object)."""
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "iuf":
+        raise TypeError(f"{name}: expected real numbers, got {type(value).__name__} of dtype {arr.dtype}")
+    return np.array(arr, dtype=np.float64)
 
 
 def _choice(value, options, name):
@@ -99,7 +107,7 @@ class _Prior:
 
     def __init__(self, value, offsets):
         D, L = offsets[-1], len(offsets) - 1
-        arr = np.array(value, dtype=np.float64, copy=True) if not isinstance(value, _Prior) else value.values
+        arr = _real_array(value, "prior_precision") if not isinstance(value, _Prior) else value.values
         if arr.ndim > 1:
             raise ValueError(f"prior_precision: expected a number or a 1-D array, got shape {arr.shape}")
         arr = arr.reshape(-1)
@@ -279,9 +287,11 @@ class _FullPosterior(_Posterior):
 
     def _factor(self, c, prior):
         key = (c, prior.key)
-        if self._chol[0] != key:
-            self._chol = (key, _la.DensePrecision(self.precision_dense(c, prior), "posterior precision"))
-        return self._chol[1]
+        cached_key, chol = self._chol
+        if cached_key != key:
+            chol = _la.DensePrecision(self.precision_dense(c, prior), "posterior precision")
+            self._chol = (key, chol)
+        return chol
 
     def precision_dense(self, c, prior):
         P = self.H * self.dtype.type(c)
@@ -323,10 +333,12 @@ class _FullPosterior(_Posterior):
         if self.dense_jacobians or not jac.has_factors:
             return super().functional_variance(jac, c, prior)
         key = (c, prior.key)
-        if self._cov[0] != key:
-            self._cov = (key, self._factor(c, prior).inverse())
-        K, Abar = jac.factors()[0]
-        return _core.linear_cov_quad(self._cov[1], Abar, K.shape[2])
+        cached_key, cov = self._cov
+        if cached_key != key:
+            cov = self._factor(c, prior).inverse()
+            self._cov = (key, cov)
+        G, Abar = jac.factors()[0]
+        return _core.linear_cov_quad(cov, Abar, G.shape[2])
 
 
 class _DiagPosterior(_Posterior):
@@ -626,13 +638,21 @@ def _bridge(mu, var):
     K = mu.shape[-1]
     s_row = var.sum(-1)  # (N, K) = Sigma 1
     s_all = s_row.sum(-1, keepdims=True)  # 1^T Sigma 1
-    mu = mu - s_row * mu.sum(-1, keepdims=True) / s_all
-    var = var - np.einsum("ni,nj->nij", s_row, s_row) / s_all[:, :, None]
+    # 1^T Sigma 1 = 0 means Sigma 1 = 0 (PSD): Sigma already lives on the
+    # sum-zero subspace, only the mean needs centring
+    proj = s_all > 0
+    safe = np.where(proj, s_all, 1.0)
+    mu = np.where(proj, mu - s_row * mu.sum(-1, keepdims=True) / safe, mu - mu.mean(-1, keepdims=True))
+    var = var - np.einsum("ni,nj->nij", s_row, s_row) / safe[:, :, None] * proj[:, :, None]
     dvar = np.diagonal(var, axis1=1, axis2=2)
+    # a logit without variance: the Dirichlet's concentration is infinite; the
+    # zero-variance limit of the predictive is the softmax of the mean
+    certain = np.any(dvar <= 0, axis=-1)
     sum_exp = np.exp(-mu).sum(-1, keepdims=True)
-    alpha = (1 - 2 / K + np.exp(mu) / K ** 2 * sum_exp) / dvar
+    alpha = (1 - 2 / K + np.exp(mu) / K ** 2 * sum_exp) / np.where(dvar > 0, dvar, 1.0)
     out = alpha / alpha.sum(-1, keepdims=True)
-    return np.nan_to_num(out, nan=1.0 / K)
+    out[certain] = _softmax(mu[certain])
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -765,14 +785,14 @@ class Laplace:
             raise RuntimeError("Laplace: call fit(data) first (the posterior is not fitted)")
 
     def _check_prior_mean(self, m):
-        arr = np.asarray(m, dtype=np.float64)
-        if arr.ndim == 0 or arr.size == 1:
+        arr = _real_array(m, "prior_mean")
+        if not np.all(np.isfinite(arr)):
+            raise ValueError("prior_mean: contains NaN or Inf")
+        if arr.ndim == 0 or arr.shape == (1,):
             return np.full(self._offsets[-1], float(arr.reshape(-1)[0]))
         if arr.shape != (self._offsets[-1],):
             raise ValueError(f"prior_mean: expected a number or shape ({self._offsets[-1]},), got {arr.shape}")
-        if not np.all(np.isfinite(arr)):
-            raise ValueError("prior_mean: contains NaN or Inf")
-        return arr.copy()
+        return arr
 
     # ---- hyperparameters (never refit) -------------------------------------------
     @property
@@ -831,9 +851,15 @@ class Laplace:
                                 f"got dtype {y.dtype}")
             if y.ndim != 1:
                 raise ValueError(f"y: expected shape ({n},) of class indices, got {y.shape}")
+            K = self.n_outputs
+            if n and (y.min() < 0 or y.max() >= K):
+                raise ValueError(f"y: class labels must lie in [0, {K}), got range [{y.min()}, {y.max()}]")
+            y = y.astype(np.int64)
         elif self.likelihood == "binary":
             if y.dtype.kind not in "iuf" or y.dtype.kind == "b":
                 raise TypeError(f"y: expected 0/1 labels for likelihood='binary', got dtype {y.dtype}")
+            if y.shape not in ((n,), (n, 1)):
+                raise ValueError(f"y: expected shape ({n},) or ({n}, 1) for likelihood='binary', got {y.shape}")
             y = y.reshape(n)
             if not np.all(np.isin(y, (0, 1, -1))):
                 raise ValueError("y: binary labels for likelihood='binary' must be 0/1 (or -1/+1)")
@@ -862,7 +888,7 @@ class Laplace:
             raise ValueError(f"{name}: empty batch (N = 0)")
         if not np.all(np.isfinite(X)):
             raise ValueError(f"{name}: contains NaN or Inf")
-        return X
+        return X.astype(self._net.dtype, copy=False)
 
     def fit(self, data, progress=False):
         """Fit the posterior at the network's current parameters (the MAP).
@@ -1004,7 +1030,9 @@ class Laplace:
         ``log prior_precision`` (one entry per prior value) and ``log sigma_noise``
         (regression; None otherwise). Returns ``(g_log_prior, g_log_sigma)``."""
         self._check_fit()
-        prior = self._prior if prior_precision is None else _Prior(prior_precision, self._offsets)
+        prior = self._prior if prior_precision is None else self._make_prior(prior_precision)
+        if sigma_noise is not None and self.likelihood != "regression":
+            raise ValueError("sigma_noise: only regression has observation noise")
         sigma = self._sigma if sigma_noise is None else _pos_float(sigma_noise, "sigma_noise")
         _, gp, gs = self._lml_and_grad(prior, sigma, self.likelihood == "regression")
         return gp, gs
@@ -1047,7 +1075,19 @@ class Laplace:
                 raise ValueError("val_data: method='gridsearch' needs validation data")
             if optimize_sigma:
                 raise ValueError("optimize_sigma: only with method='marglik'")
-            grid = np.logspace(-4, 4, 21) if grid is None else np.asarray(grid, dtype=np.float64)
+            if grid is None:
+                grid = np.logspace(-4, 4, 21)
+            else:
+                grid = _real_array(grid, "grid")
+                if grid.ndim != 1 or grid.size == 0:
+                    raise ValueError(f"grid: expected a non-empty 1-D array of prior precisions, got shape {grid.shape}")
+                if not np.all(np.isfinite(grid) & (grid > 0)):
+                    raise ValueError("grid: expected finite prior precisions > 0")
+            _choice(pred_type, PRED_TYPES, "pred_type")
+            _choice(link_approx, LINK_APPROXES, "link_approx")
+            n_samples = _la._n_samples(n_samples, "n_samples")
+            if n_samples == 0 and (pred_type == "nn" or link_approx == "mc"):
+                raise ValueError("n_samples: expected >= 1 for sampled predictives, got 0")
             batches = [(self._check_X(X), self._labels(y, np.shape(X)[0]))
                        for X, y in iter_batches(val_data)]
             cache = [self._glm_cache(X) if pred_type == "glm" else None for X, _ in batches]
@@ -1202,6 +1242,9 @@ class Laplace:
         return self._check_X(X, name)
 
     def _check_J(self, J):
+        J = np.asarray(J)
+        if J.dtype.kind not in "iuf":
+            raise TypeError(f"jacobians: expected a real array, got dtype {J.dtype}")
         J = np.ascontiguousarray(J, dtype=self.dtype)
         if J.ndim != 3 or J.shape[1] != self.n_outputs or J.shape[2] != self.n_params:
             raise ValueError(f"jacobians: expected shape (N, {self.n_outputs}, {self.n_params}), got {J.shape}")
@@ -1243,14 +1286,24 @@ class Laplace:
         _choice(link_approx, LINK_APPROXES, "link_approx")
         if link_approx == "bridge" and self.likelihood == "binary":
             raise ValueError("link_approx: the Laplace bridge needs at least 2 classes; use 'probit' or 'mc'")
-        n_samples = _la._n_samples(n_samples)
+        n_samples = _la._n_samples(n_samples, "n_samples")
+        if n_samples == 0 and (pred_type == "nn" or link_approx == "mc"):
+            raise ValueError(f"n_samples: expected >= 1 for pred_type={pred_type!r}, "
+                             f"link_approx={link_approx!r}, got 0")
         if jacobians is not None or f_map is not None:
             if jacobians is None or f_map is None:
                 raise TypeError("predictive: pass both jacobians= and f_map=")
             if pred_type != "glm":
                 raise ValueError("pred_type: only 'glm' is available from Jacobians")
             J = self._check_J(jacobians)
-            mu = np.asarray(f_map, dtype=self.dtype).reshape(J.shape[0], self.n_outputs)
+            N, K = J.shape[0], self.n_outputs
+            mu = _real_array(f_map, "f_map")
+            if mu.shape not in ((N, K),) + (((N,),) if K == 1 else ()):
+                raise ValueError(f"f_map: expected shape ({N}, {K}) like the jacobians' first two axes, "
+                                 f"got {mu.shape}")
+            if not np.all(np.isfinite(mu)):
+                raise ValueError("f_map: contains NaN or Inf")
+            mu = mu.reshape(N, K).astype(self.dtype)
             cache = ("mem", [(mu, _Jacobians(J=J))])
         else:
             X = self._check_X_net(X)
@@ -1269,9 +1322,9 @@ class Laplace:
                 return self._nn_predictive(X, n_samples, seed)
             finally:
                 self._prior = saved
-        mu, fv = self._fv_and_mean(cache, prior)
+        mu, fv_native = self._fv_and_mean(cache, prior)
         mu = mu.astype(np.float64)
-        fv = fv.astype(np.float64)
+        fv = fv_native.astype(np.float64)
         if self.likelihood == "regression":
             return mu, np.diagonal(fv, axis1=1, axis2=2) + self._sigma ** 2
         if link_approx == "probit":
@@ -1281,8 +1334,9 @@ class Laplace:
             return _softmax(kappa * mu)
         if link_approx == "bridge":
             return _bridge(mu, fv)
-        # Monte Carlo over f ~ N(mu, Sigma_n), S S^T = Sigma_n
-        S = _core.psd_sqrt(fv)
+        # Monte Carlo over f ~ N(mu, Sigma_n), S S^T = Sigma_n; the square root in
+        # the posterior's precision, whose rounding it must tolerate
+        S = _core.psd_sqrt(fv_native).astype(np.float64)
         N, K = mu.shape
         Z = _core.standard_normal(n_samples, N * K, False, resolve_seed(seed)).reshape(n_samples, N, K)
         f = mu[None] + np.einsum("nkj,snj->snk", S, Z)
@@ -1355,8 +1409,10 @@ class Laplace:
         self = cls(None, likelihood=likelihood, structure=structure, rank=rank,
                    sigma_noise=sigma_noise, temperature=temperature)
         J = np.asarray(J)
-        if J.ndim != 3:
-            raise ValueError(f"J: expected shape (N, K, D), got {J.shape}")
+        if J.dtype.kind not in "iuf":
+            raise TypeError(f"J: expected a real array, got dtype {J.dtype}")
+        if J.ndim != 3 or 0 in J.shape:
+            raise ValueError(f"J: expected shape (N, K, D) with N, K, D >= 1, got {J.shape}")
         dtype = np.float32 if J.dtype == np.float32 else np.float64
         J = np.ascontiguousarray(J, dtype=dtype)
         if not np.all(np.isfinite(J)):
@@ -1365,14 +1421,28 @@ class Laplace:
         if likelihood == "binary" and K != 1:
             raise ValueError(f"likelihood: 'binary' needs K = 1 output, got {K}")
         self.n_outputs, self.dtype = K, np.dtype(dtype)
-        sizes = [D] if layer_sizes is None else [int(s) for s in layer_sizes]
+        if layer_sizes is None:
+            sizes = [D]
+        else:
+            sizes = list(layer_sizes) if np.ndim(layer_sizes) == 1 else None
+            if sizes is None or not all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+                                        for v in sizes):
+                raise TypeError(f"layer_sizes: expected a sequence of ints, got {layer_sizes!r}")
+            if not sizes or min(sizes) < 1:
+                raise ValueError(f"layer_sizes: expected positive parameter counts, got {sizes}")
+            sizes = [int(v) for v in sizes]
         if sum(sizes) != D:
             raise ValueError(f"layer_sizes: expected sizes summing to D = {D}, got {sum(sizes)}")
         self._offsets = [0] + list(np.cumsum(sizes).astype(int))
         self._prior = _Prior(prior_precision, self._offsets)
         self._prior_mean = self._check_prior_mean(prior_mean)
         if f_map is not None:
-            f_map = np.asarray(f_map, dtype=np.float64).reshape(N, K)
+            f_map = _real_array(f_map, "f_map")
+            if f_map.shape not in ((N, K),) + (((N,),) if K == 1 else ()):
+                raise ValueError(f"f_map: expected shape ({N}, {K}) like J's first two axes, got {f_map.shape}")
+            if not np.all(np.isfinite(f_map)):
+                raise ValueError("f_map: contains NaN or Inf")
+            f_map = f_map.reshape(N, K)
         if Lam is None:
             if likelihood == "regression":
                 Lam = np.broadcast_to(np.eye(K, dtype=dtype), (N, K, K))
@@ -1385,9 +1455,11 @@ class Laplace:
                 else:
                     p = _softmax(f_map)
                     Lam = np.einsum("nk,kl->nkl", p, np.eye(K)) - np.einsum("nk,nl->nkl", p, p)
-        Lam = np.ascontiguousarray(Lam, dtype=dtype)
+        Lam = np.ascontiguousarray(_real_array(Lam, "Lam"), dtype=dtype)
         if Lam.shape != (N, K, K):
             raise ValueError(f"Lam: expected shape ({N}, {K}, {K}), got {Lam.shape}")
+        if not np.all(np.isfinite(Lam)):
+            raise ValueError("Lam: contains NaN or Inf")
         if structure == "full":
             self._post = _FullPosterior(_la.ggn_from_jacobians(J, Lam), self._offsets)
         else:
@@ -1397,16 +1469,22 @@ class Laplace:
         self.n_data = N
         self._theta_map = None
         if theta_map is not None:
-            t = np.asarray(theta_map, dtype=np.float64)
+            t = _real_array(theta_map, "theta_map")
             if t.shape != (D,):
                 raise ValueError(f"theta_map: expected shape ({D},), got {t.shape}")
+            if not np.all(np.isfinite(t)):
+                raise ValueError("theta_map: contains NaN or Inf")
             self._theta_map = t
         if loss is not None:
+            if isinstance(loss, (bool, np.bool_)) or not isinstance(loss, numbers.Real):
+                raise TypeError(f"loss: expected a number (the summed training loss), got {loss!r}")
+            if not math.isfinite(float(loss)):
+                raise ValueError(f"loss: expected a finite number, got {loss}")
             self.loss = float(loss)
         elif y is not None:
             if f_map is None:
                 raise ValueError("y: pass f_map too (the loss is computed from the MAP outputs)")
-            self.loss = self._loss_from_outputs(f_map, y)
+            self.loss = self._loss_from_outputs(f_map, self._labels(y, N))
         return self
 
     def _loss_from_outputs(self, f, y):

@@ -446,9 +446,9 @@ def kron_inv_quad(eig, Gv, Av, damping=0.0, scale=1.0, factored=False):
 
 
 def diag_inv_quad(F, Gv, Av):
-    r"""GLM variances :math:`J_n \Sigma J_n^	op` of a dense layer with a DIAGONAL
+    r"""GLM variances :math:`J_n \Sigma J_n^\top` of a dense layer with a DIAGONAL
     covariance :math:`\Sigma`, from the rank-one Jacobian rows
-    :math:`J_{n,k} = \mathrm{vec}(g_{nk} a_n^	op)`:
+    :math:`J_{n,k} = \mathrm{vec}(g_{nk} a_n^\top)`:
     ``out[n, k, k'] = sum_ij Gv[n,k,i] Gv[n,k',i] Av[n,j]**2 F[i,j]``.
 
     Parameters

@@ -749,7 +749,8 @@ class KFAC(Optimizer):
                 "inverse_every": self.inverse_every, "damping_every": self.damping_every,
                 "gamma_every": self.gamma_every, "structure": self.structure,
                 "curvature": self.curvature, "adapt_damping": self.adapt_damping, "seed": self.seed,
-                "mc_samples": self.mc_samples, "kl_clip": self.kl_clip, "stats_batch": self.stats_batch}
+                "mc_samples": self.mc_samples, "kl_clip": self.kl_clip, "stats_batch": self.stats_batch,
+                "min_damping": self.min_damping}
 
     def state_dict(self):
         """A deep copy of everything a resumed run needs to continue bitwise

@@ -79,10 +79,19 @@ def train(net, opt, data, epochs=1, progress=True, batch_size=None, shuffle=True
                                   or max_steps < 1):
         raise ValueError(f"max_steps: expected an int >= 1 or None, got {max_steps!r}")
     if target_loss is not None:
+        if isinstance(target_loss, (bool, np.bool_)) or not isinstance(target_loss, numbers.Real):
+            raise TypeError(f"target_loss: expected a number or None, got {target_loss!r}")
         target_loss = float(target_loss)
+        if math.isnan(target_loss):
+            raise ValueError("target_loss: expected a number, got NaN")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback: expected a callable(step, loss) or None, got {type(callback).__name__}")
     if not _is_pair(data) and (isinstance(data, (str, bytes)) or not hasattr(data, "__iter__")):
         raise TypeError(f"data: expected an (X, y) tuple or an iterable of (X, y) batches, "
                         f"got {type(data).__name__}")
+    if _is_pair(data) and batch_size is not None and np.shape(data[0])[:1] != np.shape(data[1])[:1]:
+        raise ValueError(f"y: expected one label row per row of X ({np.shape(data[0])[0]}) to split "
+                         f"into minibatches, got {np.shape(data[1])[:1][0] if np.ndim(data[1]) else 'a scalar'}")
     rng = np.random.default_rng(resolve_seed(seed)) if shuffle else None
     bar = None
     if progress:

@@ -750,3 +750,30 @@ def test_quality_digits_laplace_improves_nll_and_ece():
         assert (p.argmax(1) == yte).mean() >= acc_map - 0.01
         assert nll(p, yte) < nll_map, (structure, nll(p, yte), nll_map)
         assert ece(p, yte) < ece_map, (structure, ece(p, yte), ece_map)
+
+
+def test_mc_link_tolerates_float32_rounding_of_a_singular_variance():
+    """J Sigma J^T of a float32 posterior is PSD up to float32 rounding (here
+    rank 1 for 2 classes): the MC link's square root must accept it (seed 6
+    gives an eigenvalue of -1e-7 relative, beyond float64's tolerance), and
+    the MC predictive must match exact quadrature to MC accuracy."""
+    rng = np.random.default_rng(6)
+    J = rng.normal(size=(6, 2, 1)).astype(np.float32)
+    F = rng.normal(size=(6, 2))
+    la = pk.Laplace.from_jacobians(J, f_map=F, likelihood="classification", prior_precision=0.5)
+    Jt, Ft = J[:3] * np.float32(7.3), F[:3] * 3.1
+    fv = la.functional_variance(jacobians=Jt)
+    ev = np.linalg.eigvalsh(fv.astype(np.float64))
+    assert fv.dtype == np.float32 and np.all(np.abs(ev[:, 0]) < 1e-6 * ev[:, 1])  # rank one
+    assert np.any(ev[:, 0] < -np.sqrt(np.finfo(np.float64).eps) * ev[:, 1])  # float32 rounding
+    p_mc = la.predictive(jacobians=Jt, f_map=Ft, link_approx="mc", n_samples=20000, seed=1)
+    assert np.all(np.isfinite(p_mc)) and np.allclose(p_mc.sum(1), 1.0)
+    # exact 2-class expectation by quadrature along the single direction of variance
+    z, w = np.polynomial.hermite_e.hermegauss(80)
+    for n in range(3):
+        vals, vecs = np.linalg.eigh(fv[n].astype(np.float64))
+        d = vecs[:, -1] * np.sqrt(max(vals[-1], 0.0))
+        f = Ft[n][None, :] + z[:, None] * d[None, :]
+        e = np.exp(f - f.max(1, keepdims=True))
+        exact = (w[:, None] * e / e.sum(1, keepdims=True)).sum(0) / w.sum()
+        np.testing.assert_allclose(p_mc[n], exact, atol=0.01)

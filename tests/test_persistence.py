@@ -15,6 +15,7 @@ the metadata JSON, then name, dtype, shape and bytes of every array in name
 order), independently of pykfac's implementation.
 """
 import hashlib
+import inspect
 import io
 import json
 import pickle
@@ -141,7 +142,7 @@ OPTIMIZERS = {
     "kfac_kfra_fixed": lambda net: pk.optim.KFAC(net, "ce", lr=0.2, momentum=0.5, curvature="kfra",
                                                  damping=0.3, adapt_damping=False, stats_batch=6),
     "kfac_mc2_big_seed": lambda net: pk.optim.KFAC(net, "ce", curvature="mc", mc_samples=2, damping=2.0,
-                                                weight_decay=1e-3, seed=2**63 + 5),
+                                                weight_decay=1e-3, seed=2**63 + 5, min_damping=1.5),
     "sgd": lambda net: pk.optim.SGD(net, "ce", lr=0.05, momentum=0.8, nesterov=True, weight_decay=1e-4),
     "sgd_plain": lambda net: pk.optim.SGD(net, "ce", lr=0.05, momentum=0.0, nesterov=False),
     "adam": lambda net: pk.optim.Adam(net, "ce", lr=1e-2, betas=(0.8, 0.99), eps=1e-7, weight_decay=1e-4),
@@ -204,6 +205,16 @@ def test_optimizer_saved_before_any_step(tmp_path, name):
     opt_c = pk.optim.Optimizer.load(buf)
     run_steps(opt_c, batches, 0, 4)
     assert np.array_equal(opt_c.net.theta, net_a.theta)
+
+
+@pytest.mark.parametrize("cls", [pk.optim.KFAC, pk.optim.SGD, pk.optim.Adam])
+def test_optimizer_file_stores_every_hyperparameter(cls):
+    """Every constructor argument but net and loss is saved, so a loaded
+    optimiser is the one that was saved (a new argument must be added to
+    the file too)."""
+    opt = cls(pk.MLP([4, 5, 3], seed=0), "ce", **({} if cls is pk.optim.KFAC else {"lr": 0.1}))
+    params = set(inspect.signature(cls.__init__).parameters) - {"self", "net", "loss"}
+    assert set(opt._hyper()) == params
 
 
 def test_optimizer_file_layout(tmp_path):

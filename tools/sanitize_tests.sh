@@ -102,6 +102,14 @@ grep -q "__asan_report" <<<"$syms" || die "$so is not instrumented with ASan"
 grep -q "__ubsan_handle" <<<"$syms" || die "$so is not instrumented with UBSan"
 say "extension $so"
 say "ASan runtime $asan_rt"
+# C++ extensions the tests import later (matplotlib's ft2font in the demo) throw
+# exceptions through ASan's __cxa_throw interceptor, which needs libstdc++ to be
+# loaded when ASan starts: preload it right after the runtime.
+cxx_rt=$("${CC:-cc}" -print-file-name=libstdc++.so.6 2>/dev/null || true)
+if [ -n "$cxx_rt" ] && [ -f "$cxx_rt" ]; then
+    asan_rt="$asan_rt:$(readlink -f "$cxx_rt")"
+    say "preloading $cxx_rt too"
+fi
 
 # ---- 2. run the tests ------------------------------------------------------------
 # Only the Python processes get the sanitizer environment (children inherit it).
