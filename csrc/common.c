@@ -86,14 +86,25 @@ static double zig_x[257], zig_f[257];
 static pthread_once_t zig_once = PTHREAD_ONCE_INIT;
 static void zig_init_all(void);
 
-static void zig_init(void)
+/* x[0..n] and f[i] = f(x[i]) of an n-layer ziggurat with base R and area V */
+static void zig_tables(int n, double R, double V, double *x, double *f)
 {
-    zig_x[0] = ZIG_V / exp(-0.5 * ZIG_R * ZIG_R);
-    zig_x[1] = ZIG_R;
-    for (int i = 1; i < 255; i++)
-        zig_x[i + 1] = sqrt(-2.0 * log(ZIG_V / zig_x[i] + exp(-0.5 * zig_x[i] * zig_x[i])));
-    zig_x[256] = 0.0;
-    for (int i = 0; i <= 256; i++) zig_f[i] = exp(-0.5 * zig_x[i] * zig_x[i]);
+    x[0] = V / exp(-0.5 * R * R);
+    x[1] = R;
+    for (int i = 1; i < n - 1; i++) x[i + 1] = sqrt(-2.0 * log(V / x[i] + exp(-0.5 * x[i] * x[i])));
+    x[n] = 0.0;
+    for (int i = 0; i <= n; i++) f[i] = exp(-0.5 * x[i] * x[i]);
+}
+
+/* A draw from the normal tail beyond R (Marsaglia's exponential rejection), with z's sign. */
+static double zig_tail(pk_rng_t *rng, double R, double z)
+{
+    double a, b;
+    do {
+        a = -log(1.0 - pk_rng_uniform(rng)) / R;
+        b = -log(1.0 - pk_rng_uniform(rng));
+    } while (b + b < a * a);
+    return z > 0 ? R + a : -(R + a);
 }
 
 static double zig_sample(pk_rng_t *rng)
@@ -105,14 +116,7 @@ static double zig_sample(pk_rng_t *rng)
         const double u = (double)((int64_t)bits >> 11) * 0x1.0p-52;
         const double z = u * zig_x[i];
         if (fabs(z) < zig_x[i + 1]) return z;
-        if (i == 0) {
-            double a, b;
-            do {
-                a = -log(1.0 - pk_rng_uniform(rng)) / ZIG_R;
-                b = -log(1.0 - pk_rng_uniform(rng));
-            } while (b + b < a * a);
-            return z > 0 ? ZIG_R + a : -(ZIG_R + a);
-        }
+        if (i == 0) return zig_tail(rng, ZIG_R, z);
         if (zig_f[i] + pk_rng_uniform(rng) * (zig_f[i + 1] - zig_f[i]) < exp(-0.5 * z * z)) return z;
     }
 }
@@ -130,12 +134,7 @@ static uint32_t zig32_k[128];
 
 static void zig32_init(void)
 {
-    zig32_x[0] = ZIG32_V / exp(-0.5 * ZIG32_R * ZIG32_R);
-    zig32_x[1] = ZIG32_R;
-    for (int i = 1; i < 127; i++)
-        zig32_x[i + 1] = sqrt(-2.0 * log(ZIG32_V / zig32_x[i] + exp(-0.5 * zig32_x[i] * zig32_x[i])));
-    zig32_x[128] = 0.0;
-    for (int i = 0; i <= 128; i++) zig32_f[i] = exp(-0.5 * zig32_x[i] * zig32_x[i]);
+    zig_tables(128, ZIG32_R, ZIG32_V, zig32_x, zig32_f);
     for (int i = 0; i < 128; i++) {
         zig32_w[i] = (float)(zig32_x[i] * 0x1.0p-24);
         zig32_k[i] = (uint32_t)floor(zig32_x[i + 1] / zig32_x[i] * 0x1.0p24);
@@ -146,14 +145,7 @@ static float zig32_slow(pk_rng_t *rng, int i, int32_t j)
 {
     const double z = (double)j * zig32_x[i] * 0x1.0p-24;
     if (fabs(z) < zig32_x[i + 1]) return (float)z; /* k_i was rounded down */
-    if (i == 0) {
-        double a, b;
-        do {
-            a = -log(1.0 - pk_rng_uniform(rng)) / ZIG32_R;
-            b = -log(1.0 - pk_rng_uniform(rng));
-        } while (b + b < a * a);
-        return (float)(z > 0 ? ZIG32_R + a : -(ZIG32_R + a));
-    }
+    if (i == 0) return (float)zig_tail(rng, ZIG32_R, z);
     if (zig32_f[i] + pk_rng_uniform(rng) * (zig32_f[i + 1] - zig32_f[i]) < exp(-0.5 * z * z)) return (float)z;
     return NAN; /* rejected: the caller draws again */
 }
@@ -180,7 +172,7 @@ static void zig32_fill(pk_rng_t *rng, int64_t n, float *o)
 
 static void zig_init_all(void)
 {
-    zig_init();
+    zig_tables(256, ZIG_R, ZIG_V, zig_x, zig_f);
     zig32_init();
 }
 

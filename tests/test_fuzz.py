@@ -84,41 +84,52 @@ def outcome_of(exc):
     return f"{type(exc).__name__}({name.group(1) if name else '?'})"
 
 
-class _Report:
-    def __init__(self):
+class FuzzReport:
+    """Counts cases per test and prints them at the end of the session (a pytest
+    plugin registered once per title); ``env`` names a variable whose value, if
+    set, is a path for the JSON summary. Shared by the fuzz modules."""
+
+    def __init__(self, title, cases, outcomes, env, count_gaps=False):
+        self.title, self.cases, self.outcomes, self.env = title, cases, outcomes, env
+        self.count_gaps = count_gaps
         self.start = time.perf_counter()
 
     def summary(self):
-        return {"cases": sum(CASES.values()), "per_test": dict(CASES),
+        return {"cases": sum(self.cases.values()), "per_test": dict(self.cases),
                 "seconds": round(time.perf_counter() - self.start, 1),
-                "bad_inputs": {k: dict(v) for k, v in sorted(OUTCOMES.items())}}
+                "bad_inputs": {k: dict(v) for k, v in sorted(self.outcomes.items())}}
 
     def pytest_terminal_summary(self, terminalreporter):
         s = self.summary()
         if not s["cases"]:
             return
-        valid = sum(v.get("ok", 0) for k, v in OUTCOMES.items() if k.endswith(":valid"))
-        terminalreporter.write_sep("-", "pykfac fuzz")
+        valid = sum(v.get("ok", 0) for k, v in self.outcomes.items() if k.endswith(":valid"))
+        rest = "the rest bad inputs"
+        if self.count_gaps:
+            gaps = sum(n for v in self.outcomes.values() for o, n in v.items() if o.startswith("GAP"))
+            rest = f"{gaps} in known gaps"
+        terminalreporter.write_sep("-", self.title)
         terminalreporter.write_line(
-            f"pykfac fuzz: {s['cases']} cases ({valid} valid calls checked against the canonical call, "
-            f"the rest bad inputs) in {s['seconds']} s")
-        for test, n in sorted(CASES.items()):
+            f"{self.title}: {s['cases']} cases ({valid} valid calls checked against the canonical call, "
+            f"{rest}) in {s['seconds']} s")
+        for test, n in sorted(self.cases.items()):
             terminalreporter.write_line(f"  {test}: {n}")
+
+    def session(self, config):
+        """Register the report (once) and yield; then write the JSON summary if asked."""
+        pm = config.pluginmanager
+        if not pm.has_plugin(self.title):
+            pm.register(self, self.title)
+        yield
+        path = os.environ.get(self.env)
+        if path:
+            with open(path, "w") as f:
+                json.dump(self.summary(), f, indent=1, sort_keys=True)
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _fuzz_report(request):
-    report = _Report()
-    pm = request.config.pluginmanager
-    name = "pykfac-fuzz-report"
-    if not pm.has_plugin(name):
-        pm.register(report, name)
-    yield
-    path = os.environ.get("PYKFAC_FUZZ_REPORT")
-    if path:
-        with open(path, "w") as f:
-            json.dump(report.summary(), f, indent=1, sort_keys=True)
-    print(f"\npykfac fuzz: {sum(CASES.values())} cases")
+    yield from FuzzReport("pykfac fuzz", CASES, OUTCOMES, "PYKFAC_FUZZ_REPORT").session(request.config)
 
 
 # ---------------------------------------------------------------------------

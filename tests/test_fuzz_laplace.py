@@ -32,11 +32,8 @@ Cases are counted and printed in pytest's terminal summary ("pykfac fuzz
 PYKFAC_FUZZ_SCALE=k multiplies the number of examples.
 """
 import collections
-import json
 import math
-import os
 import re
-import time
 import warnings
 
 import numpy as np
@@ -48,7 +45,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 import pykfac as pk  # noqa: E402
 from test_fuzz import (  # noqa: E402
-    BAD_DTYPES, DATA_FORMS, LAYOUT_FORMS, REAL_FORMS, as_form, bad_labels, bad_real, canonical_values,
+    BAD_DTYPES, DATA_FORMS, LAYOUT_FORMS, REAL_FORMS, FuzzReport, as_form, bad_labels, bad_real, canonical_values,
     draw_labels, draw_real, eighths, fuzz_settings, snapshot,
 )
 
@@ -85,40 +82,10 @@ def outcome_of(exc):
     return f"{type(exc).__name__}({head})"
 
 
-class _Report:
-    def __init__(self):
-        self.start = time.perf_counter()
-
-    def summary(self):
-        return {"cases": sum(CASES.values()), "per_test": dict(CASES),
-                "seconds": round(time.perf_counter() - self.start, 1),
-                "bad_inputs": {k: dict(v) for k, v in sorted(OUTCOMES.items())}}
-
-    def pytest_terminal_summary(self, terminalreporter):
-        s = self.summary()
-        if not s["cases"]:
-            return
-        valid = sum(v.get("ok", 0) for k, v in OUTCOMES.items() if k.endswith(":valid"))
-        gaps = sum(n for v in OUTCOMES.values() for o, n in v.items() if o.startswith("GAP"))
-        terminalreporter.write_sep("-", "pykfac fuzz (Laplace, linalg, metrics, optimisers)")
-        terminalreporter.write_line(
-            f"pykfac fuzz (Laplace, linalg, metrics, optimisers): {s['cases']} cases ({valid} valid "
-            f"calls checked against the canonical call, {gaps} in known gaps) in {s['seconds']} s")
-        for test, n in sorted(CASES.items()):
-            terminalreporter.write_line(f"  {test}: {n}")
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _fuzz_report(request):
-    report = _Report()
-    pm = request.config.pluginmanager
-    if not pm.has_plugin("pykfac-fuzz-laplace-report"):
-        pm.register(report, "pykfac-fuzz-laplace-report")
-    yield
-    path = os.environ.get("PYKFAC_FUZZ_LAPLACE_REPORT")
-    if path:
-        with open(path, "w") as f:
-            json.dump(report.summary(), f, indent=1, sort_keys=True)
+    yield from FuzzReport("pykfac fuzz (Laplace, linalg, metrics, optimisers)", CASES, OUTCOMES,
+                          "PYKFAC_FUZZ_LAPLACE_REPORT", count_gaps=True).session(request.config)
 
 
 # ---------------------------------------------------------------------------

@@ -220,23 +220,37 @@ def _calibrated(job):
         N = int(N * min(8.0, max(2.0, 1.5 * MIN_CALL / max(elapsed, 1e-3))))
 
 
+def _ticker(stamps, stop, started=None):
+    """Pure Python: append a timestamp about every millisecond until ``stop``."""
+    last = time.perf_counter()
+    if started is not None:
+        started.set()
+    while not stop.is_set():
+        now = time.perf_counter()
+        if now - last >= 1e-3:
+            stamps.append(now)
+            last = now
+
+
+def _assert_ticked_while_both_ran(spans, stamps):
+    """spans {0: (start, end), 1: (start, end)} of two threads' calls overlap,
+    and the ticker recorded a stamp well inside the overlap."""
+    (a0, a1), (b0, b1) = spans[0], spans[1]
+    lo, hi = max(a0, b0), min(a1, b1)
+    assert hi > lo, f"the two calls did not overlap: {spans}"
+    # while both were (at least nominally) inside, Python code kept running
+    margin = 0.03 + 0.1 * (hi - lo)
+    if hi - lo > 2 * margin:
+        assert any(lo + margin < s < hi - margin for s in stamps)
+
+
 def _ticks_during_call(job, p):
     """Run job(p) in this thread while a pure-Python thread records a timestamp
     about every millisecond; return (call start, call end, timestamps)."""
     stamps = []
     stop = threading.Event()
     started = threading.Event()
-
-    def ticker():
-        last = time.perf_counter()
-        started.set()
-        while not stop.is_set():
-            now = time.perf_counter()
-            if now - last >= 1e-3:
-                stamps.append(now)
-                last = now
-
-    t = threading.Thread(target=ticker, name="pykfac-ticker")
+    t = threading.Thread(target=_ticker, args=(stamps, stop, started), name="pykfac-ticker")
     t.start()
     started.wait()
     time.sleep(0.02)
@@ -276,33 +290,19 @@ def test_two_threads_inside_kernels_at_once():
     stamps = []
     stop = threading.Event()
 
-    def ticker():
-        last = time.perf_counter()
-        while not stop.is_set():
-            now = time.perf_counter()
-            if now - last >= 1e-3:
-                stamps.append(now)
-                last = now
-
     def worker(i):
         t0 = time.perf_counter()
         job(p)
         spans[i] = (t0, time.perf_counter())
 
-    tick = threading.Thread(target=ticker)
+    tick = threading.Thread(target=_ticker, args=(stamps, stop))
     tick.start()
     try:
         _run_threads(worker, n=2)
     finally:
         stop.set()
         tick.join()
-    (a0, a1), (b0, b1) = spans[0], spans[1]
-    lo, hi = max(a0, b0), min(a1, b1)
-    assert hi > lo, f"the two calls did not overlap: {spans}"
-    # while both were (at least nominally) inside, Python code kept running
-    margin = 0.03 + 0.1 * (hi - lo)
-    if hi - lo > 2 * margin:
-        assert any(lo + margin < s < hi - margin for s in stamps)
+    _assert_ticked_while_both_ran(spans, stamps)
 
 
 def test_set_num_threads_sets_and_restores_the_blas_thread_count():

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 import pykfac as pk
-from test_threads import N_THREADS, _check_equal, _run_threads
+from test_threads import N_THREADS, _assert_ticked_while_both_ran, _check_equal, _run_threads, _ticker
 
 STRUCTURES = ("full", "diag", "kron", "lowrank")
 
@@ -205,17 +205,6 @@ def _calibrated_fit():
         N = int(N * min(8.0, max(2.0, 1.5 * MIN_FIT / max(elapsed, 1e-3))))
 
 
-def _ticker(stamps, stop, started=None):
-    last = time.perf_counter()
-    if started is not None:
-        started.set()
-    while not stop.is_set():
-        now = time.perf_counter()
-        if now - last >= 1e-3:
-            stamps.append(now)
-            last = now
-
-
 def test_gil_released_during_laplace_fit():
     """A kernel holding the GIL would stop the ticker for as long as it runs:
     the diagonal-GGN kernel is nearly all of this fit, so the longest pause
@@ -275,12 +264,7 @@ def two_threads_fitting_at_once():
     finally:
         stop.set()
         tick.join()
-    (a0, a1), (b0, b1) = spans[0], spans[1]
-    lo, hi = max(a0, b0), min(a1, b1)
-    assert hi > lo, f"the two fits did not overlap: {spans}"
-    margin = 0.03 + 0.1 * (hi - lo)
-    if hi - lo > 2 * margin:
-        assert any(lo + margin < s < hi - margin for s in stamps)
+    _assert_ticked_while_both_ran(spans, stamps)
     # the concurrent fits equal a serial one
     ref = _fit(problem)
     X = problem[1][:20]
