@@ -179,10 +179,6 @@ class _Jacobians:
         self._JV = (None, None)
 
     @property
-    def n(self):
-        return self._J.shape[0] if self._J is not None else self.Z.shape[0]
-
-    @property
     def has_factors(self):
         return self.model is not None
 
