@@ -26,7 +26,7 @@ static pk_dims dims_of(const pk_netarg_t *net, npy_intp n)
     return d;
 }
 
-#define PK_GUARD_CHUNK_ELEMS 8388608.0 /* mlp.c: PK_CHUNK_ELEMS */
+#define PK_GUARD_CHUNK_ELEMS 2097152.0 /* mlp.c: PK_CHUNK_ELEMS */
 #define PK_GUARD_CHUNK_ROWS 8192.0 /* mlp.c: PK_MAX_CHUNK_ROWS */
 
 /* rows_for(per_row, n) * per_row: the chunk buffers' size. */
