@@ -20,12 +20,6 @@ this file reuses), on the Python layers above the core:
   failed optimiser step leaves the network and the optimiser's state as they
   were.
 
-Known gaps in code outside this file's reach are listed in KNOWN_GAPS: their
-cases still run (inputs must stay unchanged, nothing may crash the process)
-but any outcome is recorded under "GAP ..."; test_known_gap_reproduction holds
-one minimal reproduction per gap as a strict xfail, so fixing a gap makes it
-fail until the entry is removed here.
-
 Cases are counted and printed in pytest's terminal summary ("pykfac fuzz
 (Laplace, linalg, metrics, optimisers): N cases"); PYKFAC_FUZZ_LAPLACE_REPORT
 =path writes the counts and what each kind of bad input returned as JSON.
@@ -55,20 +49,6 @@ STRUCTURES = ("full", "diag", "kron", "lowrank")
 DOCUMENTED = (TypeError, ValueError, pk.LinAlgError, MemoryError)
 
 # ---------------------------------------------------------------------------
-# known gaps outside this file's reach: label -> what happens today
-# ---------------------------------------------------------------------------
-KNOWN_GAPS = {}
-
-
-def gap_of(label):
-    """The KNOWN_GAPS key a case label falls under (exact or prefix before ':')."""
-    if label in KNOWN_GAPS:
-        return label
-    head = label.split(":", 1)[0]
-    return head if head in KNOWN_GAPS else None
-
-
-# ---------------------------------------------------------------------------
 # case accounting and the terminal report
 # ---------------------------------------------------------------------------
 CASES = collections.Counter()
@@ -85,7 +65,7 @@ def outcome_of(exc):
 @pytest.fixture(scope="module", autouse=True)
 def _fuzz_report(request):
     yield from FuzzReport("pykfac fuzz (Laplace, linalg, metrics, optimisers)", CASES, OUTCOMES,
-                          "PYKFAC_FUZZ_LAPLACE_REPORT", count_gaps=True).session(request.config)
+                          "PYKFAC_FUZZ_LAPLACE_REPORT").session(request.config)
 
 
 # ---------------------------------------------------------------------------
@@ -135,16 +115,9 @@ def check_case(test, label, call, args, canon_call=None, expect=None, reference=
             got = call()
         except DOCUMENTED as e:
             exc = e
-        except Exception as e:  # noqa: BLE001 -- judged below
-            if gap_of(label) is None:
-                raise AssertionError(f"{label}: undocumented {type(e).__name__}: {e}") from e
-            exc = e
+        except Exception as e:  # noqa: BLE001
+            raise AssertionError(f"{label}: undocumented {type(e).__name__}: {e}") from e
     assert snapshot(watched) == before, f"{label}: the caller's arrays changed"
-    gap = gap_of(label)
-    if gap is not None:
-        CASES[test] += 1
-        OUTCOMES[label]["GAP " + outcome_of(exc)] += 1
-        return
     CASES[test] += 1
     OUTCOMES[label if expect else f"{test}:valid"][outcome_of(exc)] += 1
     if expect is None:
@@ -1417,7 +1390,7 @@ def test_fuzz_train(data):
 
 
 # ---------------------------------------------------------------------------
-# one reproduction per known gap: strict xfails, so a fix is noticed
+# gaps the fuzzing found and that are fixed, kept as plain regression tests
 # ---------------------------------------------------------------------------
 def _raises_named(fn, types, name):
     with pytest.raises(types) as info:
@@ -1432,9 +1405,6 @@ def _jacobian_laplace():
     return la, pk.jacobian(net, X[:2]), net(X[:2])
 
 
-GAP_REPRODUCTIONS = {}
-
-
 def test_former_gaps_predictive_from_jacobians():
     """Closed gaps, kept as regression tests: jacobians= of a non-real dtype and
     a NaN or misshapen f_map= are refused with the argument named."""
@@ -1444,20 +1414,3 @@ def test_former_gaps_predictive_from_jacobians():
     _raises_named(lambda: la.predictive(jacobians=J, f_map=F * np.nan), ValueError, "f_map")
     _raises_named(lambda: la.predictive(jacobians=J, f_map=F[:, :2]), ValueError, "f_map")
     _raises_named(lambda: la.predictive(jacobians=J, f_map=F.astype(complex)), TypeError, "f_map")
-
-
-def test_every_gap_has_a_reproduction():
-    assert set(GAP_REPRODUCTIONS) == set(KNOWN_GAPS)
-
-
-@pytest.mark.parametrize("gap", sorted(KNOWN_GAPS))
-def test_known_gap_reproduction(gap):
-    """Passes once the gap is fixed; then remove it from KNOWN_GAPS (strict xfail)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)
-        warnings.simplefilter("error", ComplexWarning)
-        try:
-            GAP_REPRODUCTIONS[gap]()
-        except BaseException as e:  # noqa: BLE001
-            pytest.xfail(f"known gap: {KNOWN_GAPS[gap]} ({type(e).__name__}: {e})")
-    pytest.fail(f"{gap} is fixed: remove it from KNOWN_GAPS and GAP_REPRODUCTIONS")

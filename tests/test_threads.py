@@ -232,9 +232,24 @@ def _ticker(stamps, stop, started=None):
             last = now
 
 
-def _assert_ticked_while_both_ran(spans, stamps):
-    """spans {0: (start, end), 1: (start, end)} of two threads' calls overlap,
-    and the ticker recorded a stamp well inside the overlap."""
+def _two_calls_while_ticking(call):
+    """call(0) and call(1) in two threads started together while a pure-Python
+    ticker runs: the two calls overlap in time, and the ticker recorded a stamp
+    well inside the overlap (no call held the GIL)."""
+    spans, stamps, stop = {}, [], threading.Event()
+
+    def worker(i):
+        t0 = time.perf_counter()
+        call(i)
+        spans[i] = (t0, time.perf_counter())
+
+    tick = threading.Thread(target=_ticker, args=(stamps, stop))
+    tick.start()
+    try:
+        _run_threads(worker, n=2)
+    finally:
+        stop.set()
+        tick.join()
     (a0, a1), (b0, b1) = spans[0], spans[1]
     lo, hi = max(a0, b0), min(a1, b1)
     assert hi > lo, f"the two calls did not overlap: {spans}"
@@ -286,23 +301,7 @@ def test_two_threads_inside_kernels_at_once():
     thread still ticks while both run."""
     job = GIL_JOBS["ggn_matvec"]
     p, _ = _calibrated(job)
-    spans = {}
-    stamps = []
-    stop = threading.Event()
-
-    def worker(i):
-        t0 = time.perf_counter()
-        job(p)
-        spans[i] = (t0, time.perf_counter())
-
-    tick = threading.Thread(target=_ticker, args=(stamps, stop))
-    tick.start()
-    try:
-        _run_threads(worker, n=2)
-    finally:
-        stop.set()
-        tick.join()
-    _assert_ticked_while_both_ran(spans, stamps)
+    _two_calls_while_ticking(lambda i: job(p))
 
 
 def test_set_num_threads_sets_and_restores_the_blas_thread_count():

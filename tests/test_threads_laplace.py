@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 import pykfac as pk
-from test_threads import N_THREADS, _assert_ticked_while_both_ran, _check_equal, _run_threads, _ticker
+from test_threads import N_THREADS, _check_equal, _run_threads, _ticker, _two_calls_while_ticking
 
 STRUCTURES = ("full", "diag", "kron", "lowrank")
 
@@ -249,22 +249,12 @@ def test_two_threads_fitting_at_once():
 
 def two_threads_fitting_at_once():
     problem, _ = _calibrated_fit()
-    spans, fitted = {}, {}
-    stamps, stop = [], threading.Event()
+    fitted = {}
 
-    def worker(i):
-        t0 = time.perf_counter()
+    def fit(i):
         fitted[i] = _fit(problem)
-        spans[i] = (t0, time.perf_counter())
 
-    tick = threading.Thread(target=_ticker, args=(stamps, stop))
-    tick.start()
-    try:
-        _run_threads(worker, n=2)
-    finally:
-        stop.set()
-        tick.join()
-    _assert_ticked_while_both_ran(spans, stamps)
+    _two_calls_while_ticking(fit)
     # the concurrent fits equal a serial one
     ref = _fit(problem)
     X = problem[1][:20]
