@@ -3,9 +3,12 @@
 #include <dlfcn.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "blas.h"
 #include "pk_common.h"
+#include "util.h"
 
 #ifndef PK_BLAS_SOURCE
 #define PK_BLAS_SOURCE "unknown"
@@ -85,6 +88,7 @@ double pk_rng_uniform(pk_rng_t *rng) { return (double)(pk_rng_next(rng) >> 11) *
 static double zig_x[257], zig_f[257];
 static pthread_once_t zig_once = PTHREAD_ONCE_INIT;
 static void zig_init_all(void);
+static void pick_fast_path(void);
 
 /* x[0..n] and f[i] = f(x[i]) of an n-layer ziggurat with base R and area V */
 static void zig_tables(int n, double R, double V, double *x, double *f)
@@ -122,31 +126,27 @@ static double zig_sample(pk_rng_t *rng)
 }
 
 /* float32 draws: each 64-bit output gives two 32-bit words, each a normal from
- * a 128-layer ziggurat (7 layer bits, a 25-bit signed integer j); the common
- * case is one integer comparison, |j| < k_i  <=>  |z| < x_{i+1} (k_i rounded
- * down, so the rare boundary case goes the exact slow way). 24 random bits
- * per value, as many as a float holds. */
-#define ZIG32_R 3.442619855899
-#define ZIG32_V 9.91256303526217e-3
-static double zig32_x[129], zig32_f[129];
-static float zig32_w[128];
-static uint32_t zig32_k[128];
+ * the same 256-layer ziggurat (8 layer bits, a 24-bit signed integer j); the
+ * common case is one integer comparison, |j| < k_i  <=>  |z| < x_{i+1} (k_i
+ * rounded down, so the rare boundary case goes the exact slow way). 24 random
+ * bits per value, as many as a float holds. */
+static float zig32_w[256];
+static uint32_t zig32_k[256];
 
 static void zig32_init(void)
 {
-    zig_tables(128, ZIG32_R, ZIG32_V, zig32_x, zig32_f);
-    for (int i = 0; i < 128; i++) {
-        zig32_w[i] = (float)(zig32_x[i] * 0x1.0p-24);
-        zig32_k[i] = (uint32_t)floor(zig32_x[i + 1] / zig32_x[i] * 0x1.0p24);
+    for (int i = 0; i < 256; i++) {
+        zig32_w[i] = (float)(zig_x[i] * 0x1.0p-23);
+        zig32_k[i] = (uint32_t)floor(zig_x[i + 1] / zig_x[i] * 0x1.0p23);
     }
 }
 
 static float zig32_slow(pk_rng_t *rng, int i, int32_t j)
 {
-    const double z = (double)j * zig32_x[i] * 0x1.0p-24;
-    if (fabs(z) < zig32_x[i + 1]) return (float)z; /* k_i was rounded down */
-    if (i == 0) return (float)zig_tail(rng, ZIG32_R, z);
-    if (zig32_f[i] + pk_rng_uniform(rng) * (zig32_f[i + 1] - zig32_f[i]) < exp(-0.5 * z * z)) return (float)z;
+    const double z = (double)j * zig_x[i] * 0x1.0p-23;
+    if (fabs(z) < zig_x[i + 1]) return (float)z; /* k_i was rounded down */
+    if (i == 0) return (float)zig_tail(rng, ZIG_R, z);
+    if (zig_f[i] + pk_rng_uniform(rng) * (zig_f[i + 1] - zig_f[i]) < exp(-0.5 * z * z)) return (float)z;
     return NAN; /* rejected: the caller draws again */
 }
 
@@ -157,8 +157,8 @@ static void zig32_fill(pk_rng_t *rng, int64_t n, float *o)
         const uint64_t bits = pk_rng_next(rng);
         for (int h = 0; h < 2 && t < n; h++) {
             const uint32_t w = (uint32_t)(bits >> (32 * h));
-            const int i = (int)(w & 127);
-            const int32_t j = (int32_t)w >> 7;
+            const int i = (int)(w & 255);
+            const int32_t j = (int32_t)w >> 8;
             const uint32_t aj = (uint32_t)(j < 0 ? -j : j);
             if (aj < zig32_k[i]) {
                 o[t++] = (float)j * zig32_w[i];
@@ -174,6 +174,7 @@ static void zig_init_all(void)
 {
     zig_tables(256, ZIG_R, ZIG_V, zig_x, zig_f);
     zig32_init();
+    pick_fast_path();
 }
 
 double pk_rng_normal(pk_rng_t *rng)
@@ -182,21 +183,312 @@ double pk_rng_normal(pk_rng_t *rng)
     return zig_sample(rng);
 }
 
+/* ---- block-parallel fills ---------------------------------------------------
+ * A fill takes one 64-bit key from the caller's generator and cuts its output
+ * into blocks of NORMAL_BLOCK values. Block b draws its candidates from 8
+ * interleaved xoshiro256++ streams (no multiplies, for the vector units) seeded from (key, b), and the 1-2% of
+ * candidates that leave the ziggurat's fast path finish on a ninth stream of
+ * the block. The values are thus a function of the seed alone, whatever the
+ * thread count, and both loops are branch-free: the lanes vectorise, and the
+ * fast path has an AVX2 version (table gathers) that computes the same values
+ * as the portable one. */
+#define NORMAL_BLOCK 2048
+#define LANES 8
+
+static uint64_t block_seed(uint64_t key, int64_t b, int lane)
+{
+    uint64_t x = key ^ (((uint64_t)b << 4 | (uint64_t)lane) * 0xd1b54a32d192ed03ULL);
+    return splitmix64(&x);
+}
+
+/* w[0..nwords): the block's candidate words, lane l giving w[LANES t + l] */
+static void block_words_portable(uint64_t (*st)[LANES], int64_t nwords, uint64_t *w)
+{
+    uint64_t *s0 = st[0], *s1 = st[1], *s2 = st[2], *s3 = st[3];
+    for (int64_t t = 0; t < nwords; t += LANES) {
+        uint64_t r[LANES];
+        for (int l = 0; l < LANES; l++) {
+            r[l] = rotl(s0[l] + s3[l], 23) + s0[l];
+            const uint64_t u = s1[l] << 17;
+            s2[l] ^= s0[l], s3[l] ^= s1[l], s1[l] ^= s2[l], s0[l] ^= s3[l], s2[l] ^= u;
+            s3[l] = rotl(s3[l], 45);
+        }
+        const int64_t m = nwords - t < LANES ? nwords - t : LANES;
+        for (int l = 0; l < m; l++) w[t + l] = r[l];
+    }
+}
+
+/* z[t] from candidate t on the fast path; slow[t / 8] bit t % 8 set where it
+ * must go the exact slow way (len a multiple of 8 here) */
+static void fast64_portable(int64_t len, const uint64_t *w, double *z, unsigned char *slow)
+{
+    for (int64_t t = 0; t < len; t++) {
+        const uint64_t i = w[t] & 255, bits = (w[t] >> 12) | 0x3ff0000000000000ULL;
+        double d; /* bits 12..63 as the mantissa of d in [1, 2); u = 2d - 3 in [-1, 1) */
+        memcpy(&d, &bits, sizeof d);
+        z[t] = (2.0 * d - 3.0) * zig_x[i];
+        if (t % 8 == 0) slow[t / 8] = 0;
+        slow[t / 8] |= (unsigned char)(!(fabs(z[t]) < zig_x[i + 1]) << (t % 8));
+    }
+}
+
+static void fast32_portable(int64_t len, const uint32_t *w, float *z, unsigned char *slow)
+{
+    for (int64_t t = 0; t < len; t++) {
+        const int i = (int)(w[t] & 255);
+        const int32_t j = (int32_t)w[t] >> 8;
+        z[t] = (float)j * zig32_w[i];
+        if (t % 8 == 0) slow[t / 8] = 0;
+        slow[t / 8] |= (unsigned char)(((uint32_t)(j < 0 ? -j : j) >= zig32_k[i]) << (t % 8));
+    }
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define HAVE_AVX2_PATH 1
+/* xoshiro256++ on 4 lanes of a vector: the same values as the portable loop */
+#define ROTL4(x, k) _mm256_or_si256(_mm256_slli_epi64(x, k), _mm256_srli_epi64(x, 64 - (k)))
+__attribute__((target("avx2"))) static void block_words_avx2(uint64_t (*st)[LANES], int64_t nwords, uint64_t *w)
+{
+    __m256i s[2][4];
+    for (int h = 0; h < 2; h++)
+        for (int k = 0; k < 4; k++) s[h][k] = _mm256_loadu_si256((const __m256i *)(st[k] + 4 * h));
+    for (int64_t t = 0; t < nwords; t += LANES)
+        for (int h = 0; h < 2; h++) {
+            __m256i *q = s[h];
+            const __m256i a = _mm256_add_epi64(q[0], q[3]);
+            const __m256i r = _mm256_add_epi64(ROTL4(a, 23), q[0]);
+            const __m256i u = _mm256_slli_epi64(q[1], 17);
+            q[2] = _mm256_xor_si256(q[2], q[0]);
+            q[3] = _mm256_xor_si256(q[3], q[1]);
+            q[1] = _mm256_xor_si256(q[1], q[2]);
+            q[0] = _mm256_xor_si256(q[0], q[3]);
+            q[2] = _mm256_xor_si256(q[2], u);
+            q[3] = ROTL4(q[3], 45);
+            if (t + 4 * h + 4 <= nwords) {
+                _mm256_storeu_si256((__m256i *)(w + t + 4 * h), r);
+            } else {
+                uint64_t tmp[4];
+                _mm256_storeu_si256((__m256i *)tmp, r);
+                for (int64_t l = 0; t + 4 * h + l < nwords; l++) w[t + 4 * h + l] = tmp[l];
+            }
+        }
+}
+
+__attribute__((target("avx2"))) static void fast64_avx2(int64_t len, const uint64_t *w, double *z,
+                                                        unsigned char *slow)
+{
+    const __m256i mask = _mm256_set1_epi64x(255), one = _mm256_set1_epi64x(0x3ff0000000000000LL);
+    const __m256d two = _mm256_set1_pd(2.0), three = _mm256_set1_pd(3.0), absm = _mm256_set1_pd(-0.0);
+    for (int64_t t = 0; t < len; t += 8) {
+        int bits = 0;
+        for (int h = 0; h < 8; h += 4) {
+            const __m256i v = _mm256_loadu_si256((const __m256i *)(w + t + h));
+            const __m256i i = _mm256_and_si256(v, mask);
+            const __m256d d = _mm256_castsi256_pd(_mm256_or_si256(_mm256_srli_epi64(v, 12), one));
+            const __m256d x = _mm256_i64gather_pd(zig_x, i, 8), xn = _mm256_i64gather_pd(zig_x + 1, i, 8);
+            const __m256d zz = _mm256_mul_pd(_mm256_sub_pd(_mm256_mul_pd(two, d), three), x);
+            _mm256_storeu_pd(z + t + h, zz);
+            bits |= _mm256_movemask_pd(_mm256_cmp_pd(_mm256_andnot_pd(absm, zz), xn, _CMP_NLT_UQ)) << h;
+        }
+        slow[t / 8] = (unsigned char)bits;
+    }
+}
+
+__attribute__((target("avx2"))) static void fast32_avx2(int64_t len, const uint32_t *w, float *z,
+                                                        unsigned char *slow)
+{
+    const __m256i mask = _mm256_set1_epi32(255);
+    for (int64_t t = 0; t < len; t += 8) {
+        const __m256i v = _mm256_loadu_si256((const __m256i *)(w + t));
+        const __m256i i = _mm256_and_si256(v, mask), j = _mm256_srai_epi32(v, 8);
+        const __m256i k = _mm256_i32gather_epi32((const int *)zig32_k, i, 4);
+        const __m256 zz = _mm256_mul_ps(_mm256_cvtepi32_ps(j), _mm256_i32gather_ps(zig32_w, i, 4));
+        _mm256_storeu_ps(z + t, zz);
+        /* |j| <= 2^23: a signed compare; slow where |j| >= k */
+        const __m256i fast = _mm256_cmpgt_epi32(k, _mm256_abs_epi32(j));
+        slow[t / 8] = (unsigned char)(~_mm256_movemask_ps(_mm256_castsi256_ps(fast)) & 255);
+    }
+}
+#endif
+
+static int use_avx2; /* set once, under zig_once */
+
+static void block_words(uint64_t key, int64_t b, int64_t nwords, uint64_t *w)
+{
+    uint64_t st[4][LANES];
+    for (int l = 0; l < LANES; l++) {
+        uint64_t x = block_seed(key, b, l);
+        for (int k = 0; k < 4; k++) st[k][l] = splitmix64(&x);
+    }
+#ifdef HAVE_AVX2_PATH
+    if (use_avx2) {
+        block_words_avx2(st, nwords, w);
+        return;
+    }
+#endif
+    block_words_portable(st, nwords, w);
+}
+
+/* PYKFAC_NO_AVX2 (set) forces the portable loops, so tests can check that both
+ * give the same values */
+static void pick_fast_path(void)
+{
+#ifdef HAVE_AVX2_PATH
+    use_avx2 = __builtin_cpu_supports("avx2") && !getenv("PYKFAC_NO_AVX2");
+#endif
+}
+
+/* the fast paths, on AVX2 where the CPU has it */
+static void fast64(int64_t len, const uint64_t *w, double *z, unsigned char *slow)
+{
+#ifdef HAVE_AVX2_PATH
+    if (use_avx2) {
+        fast64_avx2(len, w, z, slow);
+        return;
+    }
+#endif
+    fast64_portable(len, w, z, slow);
+}
+
+static void fast32(int64_t len, const uint32_t *w, float *z, unsigned char *slow)
+{
+#ifdef HAVE_AVX2_PATH
+    if (use_avx2) {
+        fast32_avx2(len, w, z, slow);
+        return;
+    }
+#endif
+    fast32_portable(len, w, z, slow);
+}
+
+/* The next candidate at or after *at whose bit is set in slow (-1 when none),
+ * skipping eight clear bytes at a time. */
+static int64_t next_slow(const unsigned char *slow, int64_t len8, int64_t *at)
+{
+    for (int64_t t = *at; t < len8;) {
+        uint64_t m = 0;
+        const int64_t g = t / 8, ng = len8 / 8 - g < 8 ? len8 / 8 - g : 8;
+        for (int64_t k = 0; k < ng; k++) m |= (uint64_t)slow[g + k] << (8 * k);
+        m >>= t % 8;
+        if (m) {
+            const int64_t hit = t + __builtin_ctzll(m);
+            *at = hit + 1;
+            return hit;
+        }
+        t = 8 * (g + ng);
+    }
+    return -1;
+}
+
+/* z[0..len) standard normals (float64 draws of the ziggurat) of block b; z has
+ * room for NORMAL_BLOCK values, as len is rounded up to a multiple of 8 */
+static void normal_block64(uint64_t key, int64_t b, int64_t len, double *z)
+{
+    uint64_t w[NORMAL_BLOCK];
+    unsigned char slow[NORMAL_BLOCK / 8];
+    const int64_t len8 = (len + 7) & ~(int64_t)7;
+    block_words(key, b, len8, w);
+    fast64(len8, w, z, slow);
+    pk_rng_t fb;
+    pk_rng_seed(&fb, block_seed(key, b, LANES));
+    int64_t t;
+    for (int64_t at = 0; (t = next_slow(slow, len8, &at)) >= 0;) {
+        const int i = (int)(w[t] & 255);
+        if (i == 0) z[t] = zig_tail(&fb, ZIG_R, z[t]);
+        else if (!(zig_f[i] + pk_rng_uniform(&fb) * (zig_f[i + 1] - zig_f[i]) < exp(-0.5 * z[t] * z[t])))
+            z[t] = zig_sample(&fb); /* rejected: a whole new draw */
+    }
+}
+
+/* z[0..len) standard normals (float32 draws of the ziggurat) of block b: each
+ * 64-bit word gives two 32-bit candidates; z has room for NORMAL_BLOCK values */
+static void normal_block32(uint64_t key, int64_t b, int64_t len, float *z)
+{
+    uint64_t w64[NORMAL_BLOCK / 2];
+    uint32_t w[NORMAL_BLOCK];
+    unsigned char slow[NORMAL_BLOCK / 8];
+    const int64_t len8 = (len + 7) & ~(int64_t)7;
+    block_words(key, b, len8 / 2, w64);
+    for (int64_t t = 0; t < len8 / 2; t++) w[2 * t] = (uint32_t)w64[t], w[2 * t + 1] = (uint32_t)(w64[t] >> 32);
+    fast32(len8, w, z, slow);
+    pk_rng_t fb;
+    pk_rng_seed(&fb, block_seed(key, b, LANES));
+    int64_t t;
+    for (int64_t at = 0; (t = next_slow(slow, len8, &at)) >= 0;) {
+        const float v = zig32_slow(&fb, (int)(w[t] & 255), (int32_t)w[t] >> 8);
+        if (v == v) z[t] = v;
+        else zig32_fill(&fb, 1, &z[t]); /* rejected: a whole new draw */
+    }
+}
+
+typedef struct {
+    uint64_t key;
+    pk_dtype_t dtype;
+    int64_t n, cols, ld;
+    const void *mean, *scale;
+    void *out;
+} normal_job;
+
+/* out[r, c] = mean[c] + scale[c] z, for the values of one block, row segment by segment */
+#define NORMAL_SCATTER(T)                                                                     \
+    do {                                                                                      \
+        const T *mu = job->mean, *sc = job->scale;                                            \
+        T *o = job->out;                                                                      \
+        for (int64_t idx = lo; idx < hi;) {                                                   \
+            const int64_t r = idx / job->cols, c0 = idx % job->cols;                          \
+            const int64_t seg = job->cols - c0 < hi - idx ? job->cols - c0 : hi - idx;       \
+            const T *zz = z + (idx - lo);                                                     \
+            T *dst = o + r * job->ld + c0;                                                    \
+            if (mu && sc)                                                                     \
+                for (int64_t k = 0; k < seg; k++) dst[k] = mu[c0 + k] + sc[c0 + k] * zz[k]; \
+            else if (sc)                                                                      \
+                for (int64_t k = 0; k < seg; k++) dst[k] = sc[c0 + k] * zz[k];               \
+            else if (mu)                                                                      \
+                for (int64_t k = 0; k < seg; k++) dst[k] = mu[c0 + k] + zz[k];               \
+            else                                                                              \
+                memcpy(dst, zz, (size_t)seg * sizeof(T));                                     \
+            idx += seg;                                                                       \
+        }                                                                                     \
+    } while (0)
+
+static void normal_blocks(void *ctx, int64_t b0, int64_t b1)
+{
+    const normal_job *job = ctx;
+    for (int64_t b = b0; b < b1; b++) {
+        const int64_t lo = b * NORMAL_BLOCK;
+        const int64_t hi = job->n - lo < NORMAL_BLOCK ? job->n : lo + NORMAL_BLOCK;
+        if (job->dtype == PK_FLOAT64) {
+            double z[NORMAL_BLOCK];
+            normal_block64(job->key, b, hi - lo, z);
+            NORMAL_SCATTER(double);
+        } else {
+            float z[NORMAL_BLOCK];
+            normal_block32(job->key, b, hi - lo, z);
+            NORMAL_SCATTER(float);
+        }
+    }
+}
+
+int pk_rng_fill_normal_affine(pk_rng_t *rng, pk_dtype_t dtype, int64_t rows, int64_t cols, const void *mean,
+                              const void *scale, int64_t ld, void *out)
+{
+    if (!rng || rows < 0 || cols < 0 || ld < cols) return PK_ERR_BAD_ARG;
+    if (dtype != PK_FLOAT64 && dtype != PK_FLOAT32) return PK_ERR_DTYPE;
+    if (rows == 0 || cols == 0) return PK_OK;
+    if (!out || rows > INT64_MAX / cols) return PK_ERR_BAD_ARG;
+    pthread_once(&zig_once, zig_init_all);
+    const normal_job job = {pk_rng_next(rng), dtype, rows * cols, cols, ld, mean, scale, out};
+    const int64_t nblocks = (job.n + NORMAL_BLOCK - 1) / NORMAL_BLOCK;
+    pk_parallel_for(nblocks, 32, normal_blocks, (void *)&job);
+    return PK_OK;
+}
+
 int pk_rng_fill_normal(pk_rng_t *rng, pk_dtype_t dtype, int64_t n, void *out)
 {
     if (!rng || n < 0 || (n > 0 && !out)) return PK_ERR_BAD_ARG;
-    if (dtype == PK_FLOAT64) {
-        double *o = out;
-        pthread_once(&zig_once, zig_init_all);
-        for (int64_t i = 0; i < n; i++) o[i] = zig_sample(rng);
-    } else if (dtype == PK_FLOAT32) {
-        float *o = out;
-        pthread_once(&zig_once, zig_init_all);
-        zig32_fill(rng, n, o);
-    } else {
-        return PK_ERR_DTYPE;
-    }
-    return PK_OK;
+    if (dtype != PK_FLOAT64 && dtype != PK_FLOAT32) return PK_ERR_DTYPE;
+    return n ? pk_rng_fill_normal_affine(rng, dtype, 1, n, NULL, NULL, n, out) : PK_OK;
 }
 
 int pk_check_finite(pk_dtype_t dtype, int64_t n, const void *x)

@@ -56,8 +56,17 @@ uint64_t pk_rng_next(pk_rng_t *rng);
 double pk_rng_uniform(pk_rng_t *rng);   /* in [0, 1) with 53 random bits */
 double pk_rng_normal(pk_rng_t *rng);    /* standard normal (ziggurat, exact up to rounding) */
 
-/* Fill out[0..n) with standard normals in the given dtype. */
+/* Fill out[0..n) with standard normals in the given dtype. A fill takes one
+ * word from rng as the key of counter-based streams, one per block of 2048
+ * values, and runs the blocks on pykfac's threads (as many as its BLAS has):
+ * the values depend on the seed only, never on the thread count. */
 int pk_rng_fill_normal(pk_rng_t *rng, pk_dtype_t dtype, int64_t n, void *out) PK_MUST_CHECK;
+
+/* out[r * ld + c] = mean[c] + scale[c] * z[r, c] for r < rows, c < cols, where
+ * z are the normals pk_rng_fill_normal would give for rows * cols values;
+ * mean and scale (cols values each, in dtype) may be NULL for 0 and 1. */
+int pk_rng_fill_normal_affine(pk_rng_t *rng, pk_dtype_t dtype, int64_t rows, int64_t cols, const void *mean,
+                              const void *scale, int64_t ld, void *out) PK_MUST_CHECK;
 
 /* ---- validation helpers --------------------------------------------------- */
 /* PK_OK if the n values are finite, PK_ERR_NONFINITE otherwise. */
@@ -70,7 +79,8 @@ const char *pk_blas_source(void);
 const char *pk_blas_config(void);
 const char *pk_blas_corename(void);
 int pk_blas_num_threads(void);
-/* Threads of the BLAS this library calls (not NumPy's own copy); n >= 1. */
+/* Threads of the BLAS this library calls (not NumPy's own copy); n >= 1. The
+ * C core's own parallel loops use the same number. */
 void pk_blas_set_num_threads(int n);
 /* Path of the shared object that provides dgemm, via dladdr ("" if unknown). */
 const char *pk_blas_library_path(void);

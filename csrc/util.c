@@ -1,8 +1,11 @@
 /* util.c: allocation and layout helpers (see util.h). */
 #include "util.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "pk_common.h"
 
 void *pk_alloc_elems(int64_t count, size_t size)
 {
@@ -48,4 +51,46 @@ void pk_symmetrize(size_t elem, int64_t n, void *A, int64_t lda)
 {
     if (elem == sizeof(double)) SYMMETRIZE_BODY(double);
     else SYMMETRIZE_BODY(float);
+}
+
+/* ---- fork-join over task ranges ------------------------------------------- */
+#define PK_MAX_THREADS 64
+
+typedef struct {
+    void (*fn)(void *, int64_t, int64_t);
+    void *ctx;
+    int64_t begin, end;
+} pk_range_t;
+
+static void *run_range(void *arg)
+{
+    const pk_range_t *r = arg;
+    r->fn(r->ctx, r->begin, r->end);
+    return NULL;
+}
+
+void pk_parallel_for(int64_t ntasks, int64_t grain, void (*fn)(void *ctx, int64_t begin, int64_t end),
+                     void *ctx)
+{
+    if (ntasks <= 0) return;
+    if (grain < 1) grain = 1;
+    int64_t nt = pk_blas_num_threads();
+    if (nt > PK_MAX_THREADS) nt = PK_MAX_THREADS;
+    if (nt > ntasks / grain) nt = ntasks / grain;
+    if (nt <= 1) {
+        fn(ctx, 0, ntasks);
+        return;
+    }
+    pk_range_t range[PK_MAX_THREADS];
+    pthread_t tid[PK_MAX_THREADS];
+    int started[PK_MAX_THREADS] = {0};
+    for (int64_t t = 0; t < nt; t++) {
+        range[t] = (pk_range_t){fn, ctx, ntasks * t / nt, ntasks * (t + 1) / nt};
+        if (t > 0) started[t] = pthread_create(&tid[t], NULL, run_range, &range[t]) == 0;
+    }
+    run_range(&range[0]);
+    for (int64_t t = 1; t < nt; t++) {
+        if (started[t]) pthread_join(tid[t], NULL);
+        else run_range(&range[t]);
+    }
 }

@@ -966,15 +966,18 @@ out:
     return result;
 }
 
-/* standard_normal(n, d, float32, seed) -> (n, d) draws from the C core's RNG. */
+/* standard_normal(n, d, float32, seed, mean=None, scale=None) -> (n, d) draws
+ * mean + scale * z from the C core's RNG, mean and scale (d,) of the dtype. */
 static PyObject *py_standard_normal(PyObject *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"n", "d", "float32", "seed", NULL};
+    static char *kwlist[] = {"n", "d", "float32", "seed", "mean", "scale", NULL};
     Py_ssize_t n, d;
     int f32, rc;
-    PyObject *seed;
+    PyObject *seed, *mean_obj = Py_None, *scale_obj = Py_None, *result = NULL;
+    PyArrayObject *mean = NULL, *scale = NULL, *Z = NULL;
     pk_rng_t rng;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "nnpO:standard_normal", kwlist, &n, &d, &f32, &seed))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "nnpO|OO:standard_normal", kwlist, &n, &d, &f32, &seed,
+                                     &mean_obj, &scale_obj))
         return NULL;
     if (n < 0 || d < 0) {
         PyErr_SetString(PyExc_ValueError, "n, d: expected sizes >= 0");
@@ -982,15 +985,24 @@ static PyObject *py_standard_normal(PyObject *self, PyObject *args, PyObject *kw
     }
     if (pk_parse_seed(seed, &rng) < 0) return NULL;
     int t = f32 ? NPY_FLOAT32 : NPY_FLOAT64;
-    npy_intp dims[2] = {(npy_intp)n, (npy_intp)d};
-    PyArrayObject *Z = new_arr(2, dims, t);
-    if (!Z) return NULL;
-    LA_CALL(pk_rng_fill_normal(&rng, pkdt(t), (int64_t)n * (int64_t)d, PyArray_DATA(Z)));
+    npy_intp dd = (npy_intp)d;
+    if (mean_obj != Py_None && !(mean = arr(mean_obj, "mean", t, 1, &dd))) goto out;
+    if (scale_obj != Py_None && !(scale = arr(scale_obj, "scale", t, 1, &dd))) goto out;
+    npy_intp dims[2] = {(npy_intp)n, dd};
+    if (!(Z = new_arr(2, dims, t))) goto out;
+    LA_CALL(pk_rng_fill_normal_affine(&rng, pkdt(t), (int64_t)n, (int64_t)d, mean ? PyArray_DATA(mean) : NULL,
+                                      scale ? PyArray_DATA(scale) : NULL, (int64_t)d, PyArray_DATA(Z)));
     if (rc) {
-        Py_DECREF(Z);
-        return raise_ctx(rc, "standard_normal");
+        raise_ctx(rc, "standard_normal");
+        goto out;
     }
-    return (PyObject *)Z;
+    result = (PyObject *)Z;
+    Z = NULL;
+out:
+    Py_XDECREF(mean);
+    Py_XDECREF(scale);
+    Py_XDECREF(Z);
+    return result;
 }
 
 PyMethodDef pk_linalg_methods[] = {
@@ -1049,6 +1061,7 @@ PyMethodDef pk_linalg_methods[] = {
     {"matrix_normal_sample", FN(py_matrix_normal_sample), KW,
      "matrix_normal_sample(M, U, V, n, seed) -> (n, r, c)\n\nX = M + chol(U) Z chol(V)^T, Cov(vec X) = U (x) V."},
     {"standard_normal", FN(py_standard_normal), KW,
-     "standard_normal(n, d, float32, seed) -> (n, d) standard normals from the C core's RNG."},
+     "standard_normal(n, d, float32, seed, mean=None, scale=None) -> (n, d) values mean + scale * z, z "
+     "standard normals from the C core's RNG; mean and scale (d,) of the dtype."},
     {NULL, NULL, 0, NULL},
 };

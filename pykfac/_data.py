@@ -1,7 +1,7 @@
 """Iterating over data given as one (X, y) pair or an iterable of (X, y) batches."""
 import numpy as np
 
-__all__ = ["iter_batches", "seed_stream", "resolve_seed"]
+__all__ = ["iter_batches", "seed_stream", "resolve_seed", "flag"]
 
 
 def _is_pair(data):
@@ -51,3 +51,10 @@ def seed_stream(seed):
     while True:
         (child,) = ss.spawn(1)
         yield int(child.generate_state(1, dtype=np.uint64)[0])
+
+
+def flag(value, name):
+    """A bool argument; truthy stand-ins such as "no" or 0.5 are refused."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected True or False, got {type(value).__name__}")
+    return bool(value)

@@ -27,6 +27,7 @@ import numbers
 import numpy as np
 
 from . import _core
+from ._data import flag as _flag
 
 __all__ = ["KronCurvature"]
 
@@ -331,7 +332,7 @@ class KronCurvature:
             wG, QG, wA, QA = eig[l]
             try:
                 R = _core.kron_eig_apply(wG, QG, wA, QA, Vl, damping=damps[l],
-                                         factored=bool(factored), pi=pis[l], power=power)
+                                         factored=_flag(factored, "factored"), pi=pis[l], power=power)
             except _core.LinAlgError:
                 raise self._singular(l, damps[l]) from None
             # finite V, finite 1/d: a non-finite result is an overflow of |V|/d
@@ -388,7 +389,7 @@ class KronCurvature:
         total = 0.0
         for l, (wG, _, wA, _) in enumerate(self.eigh()):
             try:
-                total += _core.kron_logdet(wG, wA, damping=damps[l], factored=bool(factored),
+                total += _core.kron_logdet(wG, wA, damping=damps[l], factored=_flag(factored, "factored"),
                                            pi=pis[l])
             except _core.LinAlgError:
                 raise self._singular(l, damps[l]) from None

@@ -373,9 +373,9 @@ class _DiagPosterior(_Posterior):
         return (V / self._p(c, prior)[:, None]).astype(self.dtype)
 
     def sample(self, n, seed, c, prior, mean):
-        Z = _normals(n, self.D, self.dtype, seed)
-        Z *= (1.0 / np.sqrt(self._p(c, prior))).astype(self.dtype)
-        return Z if mean is None else np.add(Z, mean, out=Z)
+        # one fused C pass: mean + p^(-1/2) * z
+        return _core.standard_normal(n, self.D, self.dtype == np.float32, seed, mean=mean,
+                                     scale=(1.0 / np.sqrt(self._p(c, prior))).astype(self.dtype))
 
     dense_jacobians = False
 
@@ -723,6 +723,8 @@ class Laplace:
             rank = int(rank)
         self.rank = rank
         self.kron_damping = _choice(kron_damping, ("exact", "factored"), "kron_damping")
+        if seed is not None:
+            resolve_seed(seed)  # a bad seed fails here, not at fit and only for kind="mc"
         self.seed = seed
         self.net = net
         K = None
@@ -852,8 +854,8 @@ class Laplace:
                 raise ValueError(f"y: class labels must lie in [0, {K}), got range [{y.min()}, {y.max()}]")
             y = y.astype(np.int64)
         elif self.likelihood == "binary":
-            if y.dtype.kind not in "iuf" or y.dtype.kind == "b":
-                raise TypeError(f"y: expected 0/1 labels for likelihood='binary', got dtype {y.dtype}")
+            if y.dtype.kind not in "iufb":
+                raise TypeError(f"y: expected 0/1 (or bool) labels for likelihood='binary', got dtype {y.dtype}")
             if y.shape not in ((n,), (n, 1)):
                 raise ValueError(f"y: expected shape ({n},) or ({n}, 1) for likelihood='binary', got {y.shape}")
             y = y.reshape(n)

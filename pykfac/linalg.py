@@ -29,7 +29,7 @@ from collections import namedtuple
 import numpy as np
 
 from . import _core
-from ._data import resolve_seed
+from ._data import flag as _flag, resolve_seed
 
 __all__ = [
     "DensePrecision",
@@ -442,7 +442,7 @@ def kron_inv_quad(eig, Gv, Av, damping=0.0, scale=1.0, factored=False):
     wG, QG, wA, QA = _kron_eig(eig)
     return _core.kron_inv_quad(wG, QG, wA, QA, Gv, Av, scale=_scalar(scale, "scale"),
                                damping=_scalar(damping, "damping"),
-                               factored=bool(factored))
+                               factored=_flag(factored, "factored"))
 
 
 def diag_inv_quad(F, Gv, Av):

@@ -377,6 +377,9 @@ def test_kron_inv_quad_rank_one_rows(factored):
     np.testing.assert_allclose(out, ref, rtol=1e-10, atol=1e-12)
     with pytest.raises(pk.LinAlgError):
         la.kron_inv_quad(la.kron_eigh(np.diag([1.0, 0, 1, 1, 1]), G), Gv, Av, damping=0.0)
+    for truthy in ("no", 1, 0.5, None):  # not a bool: refused, not read as truthy
+        with pytest.raises(TypeError, match="factored"):
+            la.kron_inv_quad(eig, Gv, Av, damping=d, scale=s, factored=truthy)
 
 
 def test_diag_inv_quad_rank_one_rows():

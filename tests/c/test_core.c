@@ -216,12 +216,18 @@ static void test_rng_fill_normal(void)
     float f[257];
     pk_rng_seed(&a, 5);
     pk_rng_seed(&b, 5);
+    /* fills run on block streams keyed by one word of the generator: reproducible
+     * per seed, a different key (and values) on the next call, finite, and a
+     * standard normal by their first moments */
+    double d2[257];
     CHECK_INT_EQ(pk_rng_fill_normal(&a, PK_FLOAT64, 257, d), PK_OK);
-    int same = 1;
-    for (int i = 0; i < 257; i++) same &= d[i] == pk_rng_normal(&b);
+    CHECK_INT_EQ(pk_rng_fill_normal(&b, PK_FLOAT64, 257, d2), PK_OK);
+    int same = 1, differ = 0;
+    for (int i = 0; i < 257; i++) same &= d[i] == d2[i] && isfinite(d[i]);
     CHECK(same);
-    /* float32 has its own generator (two draws per 64 random bits): reproducible
-     * per seed, finite, and a standard normal by its first moments */
+    CHECK_INT_EQ(pk_rng_fill_normal(&b, PK_FLOAT64, 257, d2), PK_OK);
+    for (int i = 0; i < 257; i++) differ += d[i] != d2[i];
+    CHECK(differ > 250);
     float f2[257];
     pk_rng_seed(&a, 5);
     CHECK_INT_EQ(pk_rng_fill_normal(&a, PK_FLOAT32, 257, f), PK_OK);
@@ -242,6 +248,16 @@ static void test_rng_fill_normal(void)
         v /= NF - 1;
         CHECK_CLOSE(m, 0.0, 0, 5 * sqrt(1.0 / NF));
         CHECK_CLOSE(v, 1.0, 0, 5 * sqrt(2.0 / NF));
+        /* the affine form is mean + scale * (the same draws), row by row with a stride */
+        static float aff[9 * (NF / 7)];
+        float mu[7] = {0, 1, -2, 3.5f, 0, 1e3f, -1e-3f}, sc[7] = {1, 2, 0.5f, 0, 3, 1e-3f, 7};
+        pk_rng_seed(&a, 11);
+        CHECK_INT_EQ(pk_rng_fill_normal_affine(&a, PK_FLOAT32, NF / 7, 7, mu, sc, 9, aff), PK_OK);
+        int ok = 1;
+        for (int r = 0; r < NF / 7; r++)
+            for (int c = 0; c < 7; c++) ok &= aff[r * 9 + c] == mu[c] + sc[c] * big[r * 7 + c];
+        CHECK(ok);
+        CHECK_INT_EQ(pk_rng_fill_normal_affine(&a, PK_FLOAT32, 2, 7, mu, sc, 6, aff), PK_ERR_BAD_ARG);
     }
     /* n = 0 writes nothing and accepts NULL */
     CHECK_INT_EQ(pk_rng_fill_normal(&a, PK_FLOAT64, 0, NULL), PK_OK);
