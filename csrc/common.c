@@ -190,8 +190,8 @@ double pk_rng_normal(pk_rng_t *rng)
  * candidates that leave the ziggurat's fast path finish on a ninth stream of
  * the block. The values are thus a function of the seed alone, whatever the
  * thread count, and both loops are branch-free: the lanes vectorise, and the
- * fast path has an AVX2 version (table gathers) that computes the same values
- * as the portable one. */
+ * float32 fast path has an AVX2 version (table gathers) that computes the same
+ * values as the portable one. */
 #define NORMAL_BLOCK 2048
 #define LANES 8
 
@@ -218,17 +218,17 @@ static void block_words_portable(uint64_t (*st)[LANES], int64_t nwords, uint64_t
     }
 }
 
-/* z[t] from candidate t on the fast path; slow[t / 8] bit t % 8 set where it
- * must go the exact slow way (len a multiple of 8 here) */
-static void fast64_portable(int64_t len, const uint64_t *w, double *z, unsigned char *slow)
+/* z[t] from candidate t on the fast path; slow[t] = 1 where it must go the
+ * exact slow way (len a multiple of 8 here). float64 has no vector version:
+ * on AMD Zen 2 this scalar loop beats AVX2 gathers. */
+static void fast64(int64_t len, const uint64_t *w, double *z, unsigned char *slow)
 {
     for (int64_t t = 0; t < len; t++) {
         const uint64_t i = w[t] & 255, bits = (w[t] >> 12) | 0x3ff0000000000000ULL;
         double d; /* bits 12..63 as the mantissa of d in [1, 2); u = 2d - 3 in [-1, 1) */
         memcpy(&d, &bits, sizeof d);
         z[t] = (2.0 * d - 3.0) * zig_x[i];
-        if (t % 8 == 0) slow[t / 8] = 0;
-        slow[t / 8] |= (unsigned char)(!(fabs(z[t]) < zig_x[i + 1]) << (t % 8));
+        slow[t] = !(fabs(z[t]) < zig_x[i + 1]);
     }
 }
 
@@ -238,8 +238,7 @@ static void fast32_portable(int64_t len, const uint32_t *w, float *z, unsigned c
         const int i = (int)(w[t] & 255);
         const int32_t j = (int32_t)w[t] >> 8;
         z[t] = (float)j * zig32_w[i];
-        if (t % 8 == 0) slow[t / 8] = 0;
-        slow[t / 8] |= (unsigned char)(((uint32_t)(j < 0 ? -j : j) >= zig32_k[i]) << (t % 8));
+        slow[t] = (uint32_t)(j < 0 ? -j : j) >= zig32_k[i];
     }
 }
 
@@ -275,39 +274,28 @@ __attribute__((target("avx2"))) static void block_words_avx2(uint64_t (*st)[LANE
         }
 }
 
-__attribute__((target("avx2"))) static void fast64_avx2(int64_t len, const uint64_t *w, double *z,
-                                                        unsigned char *slow)
-{
-    const __m256i mask = _mm256_set1_epi64x(255), one = _mm256_set1_epi64x(0x3ff0000000000000LL);
-    const __m256d two = _mm256_set1_pd(2.0), three = _mm256_set1_pd(3.0), absm = _mm256_set1_pd(-0.0);
-    for (int64_t t = 0; t < len; t += 8) {
-        int bits = 0;
-        for (int h = 0; h < 8; h += 4) {
-            const __m256i v = _mm256_loadu_si256((const __m256i *)(w + t + h));
-            const __m256i i = _mm256_and_si256(v, mask);
-            const __m256d d = _mm256_castsi256_pd(_mm256_or_si256(_mm256_srli_epi64(v, 12), one));
-            const __m256d x = _mm256_i64gather_pd(zig_x, i, 8), xn = _mm256_i64gather_pd(zig_x + 1, i, 8);
-            const __m256d zz = _mm256_mul_pd(_mm256_sub_pd(_mm256_mul_pd(two, d), three), x);
-            _mm256_storeu_pd(z + t + h, zz);
-            bits |= _mm256_movemask_pd(_mm256_cmp_pd(_mm256_andnot_pd(absm, zz), xn, _CMP_NLT_UQ)) << h;
-        }
-        slow[t / 8] = (unsigned char)bits;
-    }
-}
+/* The two per-layer values sit in one 64-bit entry, zig32_wk[i] = (k_i << 32) |
+ * bits(w_i): one 4-wide gather fetches both (two 8-wide gathers cost more). */
+static uint64_t zig32_wk[256];
+static uint64_t mask_bytes[256]; /* byte k of mask_bytes[m] is bit k of m */
 
 __attribute__((target("avx2"))) static void fast32_avx2(int64_t len, const uint32_t *w, float *z,
                                                         unsigned char *slow)
 {
-    const __m256i mask = _mm256_set1_epi32(255);
+    const __m256i mask = _mm256_set1_epi32(255), evens_odds = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
     for (int64_t t = 0; t < len; t += 8) {
         const __m256i v = _mm256_loadu_si256((const __m256i *)(w + t));
         const __m256i i = _mm256_and_si256(v, mask), j = _mm256_srai_epi32(v, 8);
-        const __m256i k = _mm256_i32gather_epi32((const int *)zig32_k, i, 4);
-        const __m256 zz = _mm256_mul_ps(_mm256_cvtepi32_ps(j), _mm256_i32gather_ps(zig32_w, i, 4));
-        _mm256_storeu_ps(z + t, zz);
+        const long long *tab = (const long long *)zig32_wk;
+        const __m256i lo = _mm256_i32gather_epi64(tab, _mm256_castsi256_si128(i), 8);
+        const __m256i hi = _mm256_i32gather_epi64(tab, _mm256_extracti128_si256(i, 1), 8);
+        const __m256i a = _mm256_permutevar8x32_epi32(lo, evens_odds), c = _mm256_permutevar8x32_epi32(hi, evens_odds);
+        const __m256i W = _mm256_permute2x128_si256(a, c, 0x20), K = _mm256_permute2x128_si256(a, c, 0x31);
+        _mm256_storeu_ps(z + t, _mm256_mul_ps(_mm256_cvtepi32_ps(j), _mm256_castsi256_ps(W)));
         /* |j| <= 2^23: a signed compare; slow where |j| >= k */
-        const __m256i fast = _mm256_cmpgt_epi32(k, _mm256_abs_epi32(j));
-        slow[t / 8] = (unsigned char)(~_mm256_movemask_ps(_mm256_castsi256_ps(fast)) & 255);
+        const __m256i fast = _mm256_cmpgt_epi32(K, _mm256_abs_epi32(j));
+        const int m = ~_mm256_movemask_ps(_mm256_castsi256_ps(fast)) & 255;
+        memcpy(slow + t, &mask_bytes[m], 8);
     }
 }
 #endif
@@ -336,21 +324,18 @@ static void pick_fast_path(void)
 {
 #ifdef HAVE_AVX2_PATH
     use_avx2 = __builtin_cpu_supports("avx2") && !getenv("PYKFAC_NO_AVX2");
-#endif
-}
-
-/* the fast paths, on AVX2 where the CPU has it */
-static void fast64(int64_t len, const uint64_t *w, double *z, unsigned char *slow)
-{
-#ifdef HAVE_AVX2_PATH
-    if (use_avx2) {
-        fast64_avx2(len, w, z, slow);
-        return;
+    for (int i = 0; i < 256; i++) {
+        uint32_t wbits;
+        memcpy(&wbits, &zig32_w[i], sizeof wbits);
+        zig32_wk[i] = (uint64_t)zig32_k[i] << 32 | wbits;
+        unsigned char bytes[8];
+        for (int k = 0; k < 8; k++) bytes[k] = (unsigned char)(i >> k & 1);
+        memcpy(&mask_bytes[i], bytes, 8);
     }
 #endif
-    fast64_portable(len, w, z, slow);
 }
 
+/* the float32 fast path, on AVX2 where the CPU has it */
 static void fast32(int64_t len, const uint32_t *w, float *z, unsigned char *slow)
 {
 #ifdef HAVE_AVX2_PATH
@@ -362,21 +347,22 @@ static void fast32(int64_t len, const uint32_t *w, float *z, unsigned char *slow
     fast32_portable(len, w, z, slow);
 }
 
-/* The next candidate at or after *at whose bit is set in slow (-1 when none),
- * skipping eight clear bytes at a time. */
+/* The next candidate at or after *at with slow[t] set (-1 when none), eight
+ * flags (0 or 1 each) at a time. */
 static int64_t next_slow(const unsigned char *slow, int64_t len8, int64_t *at)
 {
-    for (int64_t t = *at; t < len8;) {
-        uint64_t m = 0;
-        const int64_t g = t / 8, ng = len8 / 8 - g < 8 ? len8 / 8 - g : 8;
-        for (int64_t k = 0; k < ng; k++) m |= (uint64_t)slow[g + k] << (8 * k);
-        m >>= t % 8;
+    for (int64_t g = *at & ~(int64_t)7; g < len8; g += 8) {
+        uint64_t any;
+        memcpy(&any, slow + g, 8);
+        if (!any) continue;
+        uint64_t m = 0; /* bit k = flag g + k, whatever the byte order */
+        for (int k = 0; k < 8; k++) m |= (uint64_t)slow[g + k] << k;
+        if (g < *at) m &= ~(uint64_t)0 << (*at - g);
         if (m) {
-            const int64_t hit = t + __builtin_ctzll(m);
-            *at = hit + 1;
-            return hit;
+            const int64_t t = g + __builtin_ctzll(m);
+            *at = t + 1;
+            return t;
         }
-        t = 8 * (g + ng);
     }
     return -1;
 }
@@ -386,7 +372,7 @@ static int64_t next_slow(const unsigned char *slow, int64_t len8, int64_t *at)
 static void normal_block64(uint64_t key, int64_t b, int64_t len, double *z)
 {
     uint64_t w[NORMAL_BLOCK];
-    unsigned char slow[NORMAL_BLOCK / 8];
+    unsigned char slow[NORMAL_BLOCK];
     const int64_t len8 = (len + 7) & ~(int64_t)7;
     block_words(key, b, len8, w);
     fast64(len8, w, z, slow);
@@ -407,7 +393,7 @@ static void normal_block32(uint64_t key, int64_t b, int64_t len, float *z)
 {
     uint64_t w64[NORMAL_BLOCK / 2];
     uint32_t w[NORMAL_BLOCK];
-    unsigned char slow[NORMAL_BLOCK / 8];
+    unsigned char slow[NORMAL_BLOCK];
     const int64_t len8 = (len + 7) & ~(int64_t)7;
     block_words(key, b, len8 / 2, w64);
     for (int64_t t = 0; t < len8 / 2; t++) w[2 * t] = (uint32_t)w64[t], w[2 * t + 1] = (uint32_t)(w64[t] >> 32);
