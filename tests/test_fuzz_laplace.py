@@ -238,10 +238,7 @@ def test_fuzz_laplace_fit(data):
     d_in, K = net.sizes[0], net.n_outputs
     layer_sizes = model_layer_sizes(net, subset)
     X_c, X, _ = draw_real(draw, rng, (N, d_in), "X")
-    y_c, y, y_form = draw_labels(draw, rng, loss, N, K)
-    if likelihood == "binary" and y_form == "bool":
-        # pk.Laplace takes 0/1 numbers for 'binary' (the core's bce also takes bool)
-        y = y_c.astype(np.int8)
+    y_c, y, _ = draw_labels(draw, rng, loss, N, K)
     kw = {"likelihood": likelihood, "structure": structure, "subset": subset,
           "prior_precision": draw_prior(draw, rng, structure, layer_sizes),
           "sigma_noise": draw(st.sampled_from([0.5, 1.0, 2])) if likelihood == "regression" else 1.0,
