@@ -169,7 +169,7 @@ PyObject *pk_raise(int code, const char *context)
     return PyErr_Format(type, "%s", pk_strerror(code));
 }
 
-static void format_shape(char *buf, size_t len, int ndim, const npy_intp *shape, int symbolic)
+void pk_format_shape(char *buf, size_t len, int ndim, const npy_intp *shape, int symbolic)
 {
     size_t pos = 0;
     int used_n = 0;
@@ -186,19 +186,25 @@ static void format_shape(char *buf, size_t len, int ndim, const npy_intp *shape,
     if (pos < len) snprintf(buf + pos, len - pos, ndim == 1 ? ",)" : ")");
 }
 
-PyArrayObject *pk_arg_array(PyObject *obj, const char *name, pk_argkind_t kind, int typenum,
-                            int ndim, const npy_intp *shape, int check_finite)
+PyArrayObject *pk_arg_any(PyObject *obj, const char *name)
 {
     if (obj == NULL || obj == Py_None) {
         PyErr_Format(PyExc_TypeError, "%s: expected an array, got None", name);
         return NULL;
     }
-    PyArrayObject *raw = (PyArrayObject *)PyArray_FROM_O(obj);
-    if (!raw) {
+    PyArrayObject *arr = (PyArrayObject *)PyArray_FROM_O(obj);
+    if (!arr) {
         PyErr_Clear();
         PyErr_Format(PyExc_TypeError, "%s: expected a numeric array, got %s", name, Py_TYPE(obj)->tp_name);
-        return NULL;
     }
+    return arr;
+}
+
+PyArrayObject *pk_arg_array(PyObject *obj, const char *name, pk_argkind_t kind, int typenum,
+                            int ndim, const npy_intp *shape, int check_finite)
+{
+    PyArrayObject *raw = pk_arg_any(obj, name);
+    if (!raw) return NULL;
     char k = PyArray_DESCR(raw)->kind;
     int ok = kind == PK_ARG_REAL ? (k == 'i' || k == 'u' || k == 'f') : (k == 'i' || k == 'u');
     if (!ok) {
@@ -212,8 +218,8 @@ PyArrayObject *pk_arg_array(PyObject *obj, const char *name, pk_argkind_t kind, 
     }
     if (PyArray_NDIM(raw) != ndim) {
         char want[128], got[128];
-        format_shape(want, sizeof want, ndim, shape, 1);
-        format_shape(got, sizeof got, PyArray_NDIM(raw), PyArray_DIMS(raw), 0);
+        pk_format_shape(want, sizeof want, ndim, shape, 1);
+        pk_format_shape(got, sizeof got, PyArray_NDIM(raw), PyArray_DIMS(raw), 0);
         PyErr_Format(PyExc_ValueError, "%s: expected a %d-D array of shape %s, got shape %s", name,
                      ndim, want, got);
         Py_DECREF(raw);
@@ -222,8 +228,8 @@ PyArrayObject *pk_arg_array(PyObject *obj, const char *name, pk_argkind_t kind, 
     for (int i = 0; i < ndim; i++) {
         if (shape && shape[i] >= 0 && PyArray_DIM(raw, i) != shape[i]) {
             char want[128], got[128];
-            format_shape(want, sizeof want, ndim, shape, 1);
-            format_shape(got, sizeof got, ndim, PyArray_DIMS(raw), 0);
+            pk_format_shape(want, sizeof want, ndim, shape, 1);
+            pk_format_shape(got, sizeof got, ndim, PyArray_DIMS(raw), 0);
             PyErr_Format(PyExc_ValueError, "%s: expected shape %s, got %s", name, want, got);
             Py_DECREF(raw);
             return NULL;
@@ -242,14 +248,130 @@ PyArrayObject *pk_arg_array(PyObject *obj, const char *name, pk_argkind_t kind, 
     Py_DECREF(raw);
     if (!arr) return NULL;
     if (check_finite && kind == PK_ARG_REAL) {
-        pk_dtype_t dt = typenum == NPY_FLOAT32 ? PK_FLOAT32 : PK_FLOAT64;
-        if (pk_check_finite(dt, (int64_t)PyArray_SIZE(arr), PyArray_DATA(arr)) != PK_OK) {
+        if (pk_check_finite(pk_dtype_of(typenum), (int64_t)PyArray_SIZE(arr), PyArray_DATA(arr)) != PK_OK) {
             PyErr_Format(PyExc_ValueError, "%s: contains NaN or Inf", name);
             Py_DECREF(arr);
             return NULL;
         }
     }
     return arr;
+}
+
+PyArrayObject *pk_arg_square(PyObject *obj, const char *name, int typenum, npy_intp *n)
+{
+    npy_intp shape[2] = {*n, *n};
+    PyArrayObject *arr = pk_arg_array(obj, name, PK_ARG_REAL, typenum, 2, shape, 1);
+    if (!arr) return NULL;
+    if (PyArray_DIM(arr, 0) != PyArray_DIM(arr, 1)) {
+        PyErr_Format(PyExc_ValueError, "%s: expected a square matrix, got shape (%ld, %ld)", name,
+                     (long)PyArray_DIM(arr, 0), (long)PyArray_DIM(arr, 1));
+        Py_DECREF(arr);
+        return NULL;
+    }
+    *n = PyArray_DIM(arr, 0);
+    return arr;
+}
+
+/* ---- one wrapper call (see _core.h) ---- */
+
+void pk_call_init(pk_call_t *c, int typenum)
+{
+    c->typenum = typenum;
+    c->dtype = pk_dtype_of(typenum);
+    c->n = 0;
+}
+
+int pk_call_start(pk_call_t *c, PyObject *first, const char *name, pk_dtype_rule_t rule)
+{
+    pk_call_init(c, NPY_FLOAT64);
+    PyArrayObject *arr = pk_arg_any(first, name);
+    if (!arr) return -1;
+    int t = PyArray_TYPE(arr);
+    if (rule == PK_DTYPE_EXACT && t != NPY_FLOAT32 && t != NPY_FLOAT64) {
+        PyErr_Format(PyExc_TypeError, "%s: expected a float32 or float64 array, got dtype %S", name,
+                     (PyObject *)PyArray_DESCR(arr));
+        Py_DECREF(arr);
+        return -1;
+    }
+    Py_DECREF(arr);
+    pk_call_init(c, t == NPY_FLOAT32 ? NPY_FLOAT32 : NPY_FLOAT64);
+    return 0;
+}
+
+PyArrayObject *pk_call_hold(pk_call_t *c, PyArrayObject *arr)
+{
+    if (arr && c->n == PK_CALL_MAX_ARRAYS) {
+        Py_DECREF(arr);
+        PyErr_SetString(PyExc_RuntimeError, "pykfac bug: a wrapper holds more than PK_CALL_MAX_ARRAYS arrays");
+        return NULL;
+    }
+    if (arr) c->held[c->n++] = arr;
+    return arr;
+}
+
+PyArrayObject *pk_call_input(pk_call_t *c, PyObject *obj, const char *name, int ndim,
+                             const npy_intp *shape)
+{
+    return pk_call_hold(c, pk_arg_array(obj, name, PK_ARG_REAL, c->typenum, ndim, shape, 1));
+}
+
+PyArrayObject *pk_call_square(pk_call_t *c, PyObject *obj, const char *name, npy_intp *n)
+{
+    return pk_call_hold(c, pk_arg_square(obj, name, c->typenum, n));
+}
+
+PyArrayObject *pk_call_first(pk_call_t *c, PyObject *obj, const char *name, pk_dtype_rule_t rule, int ndim)
+{
+    const npy_intp any[3] = {-1, -1, -1};
+    if (pk_call_start(c, obj, name, rule)) return NULL;
+    if (ndim < 1 || ndim > 3) {
+        PyErr_SetString(PyExc_RuntimeError, "pykfac bug: pk_call_first takes 1 to 3 dimensions");
+        return NULL;
+    }
+    return pk_call_input(c, obj, name, ndim, any);
+}
+
+PyArrayObject *pk_call_first_square(pk_call_t *c, PyObject *obj, const char *name, pk_dtype_rule_t rule,
+                                    npy_intp *n)
+{
+    *n = -1;
+    if (pk_call_start(c, obj, name, rule)) return NULL;
+    return pk_call_square(c, obj, name, n);
+}
+
+PyArrayObject *pk_call_output(pk_call_t *c, int ndim, const npy_intp *dims)
+{
+    return pk_call_hold(c, (PyArrayObject *)PyArray_SimpleNew(ndim, dims, c->typenum));
+}
+
+PyArrayObject *pk_call_zeros(pk_call_t *c, int ndim, const npy_intp *dims)
+{
+    return pk_call_hold(c, (PyArrayObject *)PyArray_ZEROS(ndim, dims, c->typenum, 0));
+}
+
+PyObject *pk_call_release(pk_call_t *c, PyObject *result)
+{
+    while (c->n > 0) {
+        c->n--;
+        Py_CLEAR(c->held[c->n]);
+    }
+    return result;
+}
+
+PyObject *pk_call_fail(pk_call_t *c) { return pk_call_release(c, NULL); }
+
+PyObject *pk_call_raise(pk_call_t *c, int rc, const char *context)
+{
+    pk_raise(rc, context);
+    return pk_call_release(c, NULL);
+}
+
+PyObject *pk_call_return(pk_call_t *c, int rc, const char *context, PyArrayObject *out)
+{
+    if (rc != PK_OK) return pk_call_raise(c, rc, context);
+    PyObject *result = out ? (PyObject *)out : Py_None;
+    Py_INCREF(result);
+    return pk_call_release(c, result);
 }
 
 int pk_netarg_parse(PyObject *obj, pk_netarg_t *out)
@@ -302,7 +424,7 @@ int pk_netarg_parse(PyObject *obj, pk_netarg_t *out)
         out->acts[i] = (pk_act_t)v;
     }
     out->typenum = PyArray_TYPE((PyArrayObject *)theta);
-    out->net.dtype = out->typenum == NPY_FLOAT32 ? PK_FLOAT32 : PK_FLOAT64;
+    out->net.dtype = pk_dtype_of(out->typenum);
     out->net.n_layers = (int)L;
     out->net.sizes = out->sizes;
     out->net.acts = L > 1 ? out->acts : NULL;

@@ -40,6 +40,11 @@ typedef enum {
     PK_ARG_LABELS, /* int/uint input (class indices), cast to int64 */
 } pk_argkind_t;
 
+/* `obj` as an ndarray of any dtype and shape (PyArray_FROM_O): a new
+ * reference, or NULL with TypeError "name: expected an array, got None" or
+ * "name: expected a numeric array, got <type>". */
+PyArrayObject *pk_arg_any(PyObject *obj, const char *name);
+
 /* Validate and normalise one array argument. Returns a new reference to an
  * aligned C-contiguous array of `typenum` (a copy only when needed) or NULL
  * with TypeError/ValueError naming `name`:
@@ -50,6 +55,110 @@ typedef enum {
  * The caller's array is never written: outputs are always fresh arrays. */
 PyArrayObject *pk_arg_array(PyObject *obj, const char *name, pk_argkind_t kind, int typenum,
                             int ndim, const npy_intp *shape, int check_finite);
+
+/* A square real matrix argument (pk_arg_array with finite values): *n >= 0 is
+ * the order it must have, -1 any; on success *n is its order. Else NULL with
+ * ValueError "name: expected a square matrix, got shape (r, c)" (or
+ * pk_arg_array's errors). */
+PyArrayObject *pk_arg_square(PyObject *obj, const char *name, int typenum, npy_intp *n);
+
+/* A shape as NumPy prints it, "(2, 3)" or "(5,)", into buf; with `symbolic`,
+ * negative entries (any size) print as "N" for the first and "*" after. */
+void pk_format_shape(char *buf, size_t len, int ndim, const npy_intp *shape, int symbolic);
+
+/* The csrc dtype of NPY_FLOAT32 / NPY_FLOAT64. */
+static inline pk_dtype_t pk_dtype_of(int typenum) { return typenum == NPY_FLOAT32 ? PK_FLOAT32 : PK_FLOAT64; }
+
+/* A double as "%g" (PyErr_Format has no %g): PyErr_Format(..., "%s", pk_numstr(x).s). */
+typedef struct {
+    char s[32];
+} pk_numstr_t;
+
+static inline pk_numstr_t pk_numstr(double x)
+{
+    pk_numstr_t r;
+    snprintf(r.s, sizeof r.s, "%g", x);
+    return r;
+}
+
+/* ---- one wrapper call ---------------------------------------------------------
+ * A pk_call_t carries a call's dtype and holds the arrays the wrapper makes
+ * (normalised inputs, fresh outputs), so that every exit releases them in one
+ * place. A wrapper reads: parse, validate, call, return --
+ *
+ *     pk_call_t c;
+ *     PyArrayObject *J = pk_call_first(&c, Jo, "J", PK_DTYPE_PROMOTE, 3); // dtype follows J
+ *     if (!J) return pk_call_fail(&c);
+ *     npy_intp gd[2] = {PyArray_DIM(J, 2), PyArray_DIM(J, 2)};
+ *     PyArrayObject *G = pk_call_output(&c, 2, gd);
+ *     if (!G) return pk_call_fail(&c);
+ *     int rc;
+ *     PK_RUN_NOGIL(rc, pk_ggn_from_jacobians(c.dtype, ..., PyArray_DATA(J), NULL, PyArray_DATA(G)));
+ *     return pk_call_return(&c, rc, "ggn_from_jacobians", G);
+ *
+ * Every pk_call_* that returns NULL has set the exception; the arrays stay
+ * held (and valid) until one of the endings below. */
+#define PK_CALL_MAX_ARRAYS 8
+
+typedef struct {
+    int typenum;      /* NPY_FLOAT32 or NPY_FLOAT64 */
+    pk_dtype_t dtype; /* the same for csrc */
+    int n;            /* arrays held */
+    PyArrayObject *held[PK_CALL_MAX_ARRAYS];
+} pk_call_t;
+
+/* How a call's dtype follows its first array argument. */
+typedef enum {
+    PK_DTYPE_PROMOTE, /* float32 stays float32; anything else (integers too) is computed in float64 */
+    PK_DTYPE_EXACT,   /* float32 or float64; any other dtype is a TypeError */
+} pk_dtype_rule_t;
+
+/* Start a call computing in `typenum` (NPY_FLOAT32 or NPY_FLOAT64). */
+void pk_call_init(pk_call_t *c, int typenum);
+
+/* Start a call whose dtype follows the array argument `first` by `rule`.
+ * 0, or -1 with TypeError naming `name` (None, not array-like, or a dtype
+ * the rule refuses); the call is initialised either way. */
+int pk_call_start(pk_call_t *c, PyObject *first, const char *name, pk_dtype_rule_t rule);
+
+/* Hold `arr`, a new reference the call takes over, and return it; NULL
+ * passes through (its exception set). More than PK_CALL_MAX_ARRAYS is a
+ * pykfac bug: RuntimeError. */
+PyArrayObject *pk_call_hold(pk_call_t *c, PyArrayObject *arr);
+
+/* Held pk_arg_array(obj, name, PK_ARG_REAL, call dtype, ndim, shape, finite). */
+PyArrayObject *pk_call_input(pk_call_t *c, PyObject *obj, const char *name, int ndim,
+                             const npy_intp *shape);
+
+/* The usual first array argument: pk_call_start(c, obj, name, rule), then obj
+ * held as an ndim-D (1 to 3) array of any shape (pk_call_first) or as a
+ * square matrix whose order goes to *n (pk_call_first_square). NULL with an
+ * exception otherwise; the call is initialised either way. */
+PyArrayObject *pk_call_first(pk_call_t *c, PyObject *obj, const char *name, pk_dtype_rule_t rule, int ndim);
+PyArrayObject *pk_call_first_square(pk_call_t *c, PyObject *obj, const char *name, pk_dtype_rule_t rule,
+                                    npy_intp *n);
+
+/* Held pk_arg_square(obj, name, call dtype, n). */
+PyArrayObject *pk_call_square(pk_call_t *c, PyObject *obj, const char *name, npy_intp *n);
+
+/* A held fresh output of the call's dtype: uninitialised, or zero-filled. */
+PyArrayObject *pk_call_output(pk_call_t *c, int ndim, const npy_intp *dims);
+PyArrayObject *pk_call_zeros(pk_call_t *c, int ndim, const npy_intp *dims);
+
+/* Endings; each releases everything the call holds.
+ * pk_call_release: returns `result` as is (NULL passes through).
+ * pk_call_fail:    NULL, for an exception already set.
+ * pk_call_raise:   NULL with the exception for status rc (pk_raise(rc, context)).
+ * pk_call_return:  rc == PK_OK: a new reference to `out` (a held array), or
+ *                  None when out is NULL; otherwise as pk_call_raise. */
+PyObject *pk_call_release(pk_call_t *c, PyObject *result);
+PyObject *pk_call_fail(pk_call_t *c);
+PyObject *pk_call_raise(pk_call_t *c, int rc, const char *context);
+PyObject *pk_call_return(pk_call_t *c, int rc, const char *context, PyArrayObject *out);
+
+/* A METH_VARARGS | METH_KEYWORDS row of a method table. */
+#define PK_KW_METHOD(name, func, doc) \
+    { name, (PyCFunction)(void (*)(void))(func), METH_VARARGS | METH_KEYWORDS, doc }
 
 /* A network read from a pykfac.MLP-like object: attributes `theta` (1-D,
  * float32/float64, C-contiguous), `sizes` (tuple of ints) and `_act_codes`

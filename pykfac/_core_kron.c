@@ -7,91 +7,25 @@
 #include "_core.h"
 
 #include <math.h>
-#include <stdio.h>
-
-#define KRON_CALL(expr)                                                                       \
-    do {                                                                                      \
-        Py_BEGIN_ALLOW_THREADS rc = (expr);                                                   \
-        Py_END_ALLOW_THREADS                                                                  \
-    } while (0)
-
-static void format_dims(char *buf, size_t len, int ndim, const npy_intp *dims)
-{
-    size_t pos = (size_t)snprintf(buf, len, "(");
-    for (int i = 0; i < ndim && pos < len; i++)
-        pos += (size_t)snprintf(buf + pos, len - pos, "%s%ld", i ? ", " : "", (long)dims[i]);
-    if (pos < len) snprintf(buf + pos, len - pos, ndim == 1 ? ",)" : ")");
-}
-
-/* The call's dtype, from its first array argument. */
-static int first_typenum(PyObject *obj, const char *name, int *typenum)
-{
-    if (obj == Py_None) {
-        PyErr_Format(PyExc_TypeError, "%s: expected an array, got None", name);
-        return -1;
-    }
-    PyArrayObject *a = (PyArrayObject *)PyArray_FROM_O(obj);
-    if (!a) {
-        PyErr_Clear();
-        PyErr_Format(PyExc_TypeError, "%s: expected a numeric array, got %s", name, Py_TYPE(obj)->tp_name);
-        return -1;
-    }
-    int t = PyArray_TYPE(a);
-    if (t != NPY_FLOAT32 && t != NPY_FLOAT64) {
-        PyErr_Format(PyExc_TypeError, "%s: expected a float32 or float64 array, got dtype %S", name,
-                     (PyObject *)PyArray_DESCR(a));
-        Py_DECREF(a);
-        return -1;
-    }
-    Py_DECREF(a);
-    *typenum = t;
-    return 0;
-}
-
-static pk_dtype_t to_pk_dtype(int typenum) { return typenum == NPY_FLOAT32 ? PK_FLOAT32 : PK_FLOAT64; }
-
-/* A square matrix argument; *n receives its order, or it must equal *n >= 0. */
-static PyArrayObject *arg_square(PyObject *obj, const char *name, int typenum, npy_intp *n)
-{
-    npy_intp shape[2] = {*n, *n};
-    PyArrayObject *arr = pk_arg_array(obj, name, PK_ARG_REAL, typenum, 2, shape, 1);
-    if (!arr) return NULL;
-    if (PyArray_DIM(arr, 0) != PyArray_DIM(arr, 1)) {
-        PyErr_Format(PyExc_ValueError, "%s: expected a square matrix, got shape (%ld, %ld)", name,
-                     (long)PyArray_DIM(arr, 0), (long)PyArray_DIM(arr, 1));
-        Py_DECREF(arr);
-        return NULL;
-    }
-    *n = PyArray_DIM(arr, 0);
-    return arr;
-}
 
 /* A vector argument of length *n (or any length if *n < 0, then set). */
-static PyArrayObject *arg_vector(PyObject *obj, const char *name, int typenum, npy_intp *n)
+static PyArrayObject *arg_vector(pk_call_t *c, PyObject *obj, const char *name, npy_intp *n)
 {
     npy_intp shape[1] = {*n};
-    PyArrayObject *arr = pk_arg_array(obj, name, PK_ARG_REAL, typenum, 1, shape, 1);
+    PyArrayObject *arr = pk_call_input(c, obj, name, 1, shape);
     if (arr) *n = PyArray_DIM(arr, 0);
     return arr;
 }
 
 /* V of shape (p,) or (p, m); *m = 1 for a vector. */
-static PyArrayObject *arg_rhs(PyObject *obj, const char *name, int typenum, npy_intp p, npy_intp *m)
+static PyArrayObject *arg_rhs(pk_call_t *c, PyObject *obj, const char *name, npy_intp p, npy_intp *m)
 {
-    if (obj == Py_None) {
-        PyErr_Format(PyExc_TypeError, "%s: expected an array, got None", name);
-        return NULL;
-    }
-    PyArrayObject *raw = (PyArrayObject *)PyArray_FROM_O(obj);
-    if (!raw) {
-        PyErr_Clear();
-        PyErr_Format(PyExc_TypeError, "%s: expected a numeric array, got %s", name, Py_TYPE(obj)->tp_name);
-        return NULL;
-    }
+    PyArrayObject *raw = pk_arg_any(obj, name);
+    if (!raw) return NULL;
     int nd = PyArray_NDIM(raw);
     if ((nd != 1 && nd != 2) || PyArray_DIM(raw, 0) != p) {
         char got[128];
-        format_dims(got, sizeof got, nd, PyArray_DIMS(raw));
+        pk_format_shape(got, sizeof got, nd, PyArray_DIMS(raw), 0);
         PyErr_Format(PyExc_ValueError, "%s: expected shape (p,) or (p, m) with p = %ld, got %s", name,
                      (long)p, got);
         Py_DECREF(raw);
@@ -99,7 +33,7 @@ static PyArrayObject *arg_rhs(PyObject *obj, const char *name, int typenum, npy_
     }
     Py_DECREF(raw);
     npy_intp shape[2] = {p, -1};
-    PyArrayObject *arr = pk_arg_array(obj, name, PK_ARG_REAL, typenum, nd, shape, 1);
+    PyArrayObject *arr = pk_call_input(c, obj, name, nd, shape);
     if (arr) *m = nd == 2 ? PyArray_DIM(arr, 1) : 1;
     return arr;
 }
@@ -112,32 +46,20 @@ static int check_q(npy_intp q, const char *name)
     return -1;
 }
 
-/* PyErr_Format has no %g. */
-typedef struct {
-    char s[32];
-} num_str_t;
-
-static num_str_t num_str(double x)
-{
-    num_str_t r;
-    snprintf(r.s, sizeof r.s, "%g", x);
-    return r;
-}
-
 /* The scalars of the damped eigenvalues; the C core would only say BAD_ARG. */
 static int check_damping(double scale, double damping, int factored, double pi)
 {
     if (!isfinite(scale)) {
-        PyErr_Format(PyExc_ValueError, "scale: expected a finite number, got %s", num_str(scale).s);
+        PyErr_Format(PyExc_ValueError, "scale: expected a finite number, got %s", pk_numstr(scale).s);
         return -1;
     }
     if (!isfinite(damping) || (factored && damping < 0.0)) {
         PyErr_Format(PyExc_ValueError, "damping: expected a finite number%s, got %s",
-                     factored ? " >= 0 (factored damping takes its square root)" : "", num_str(damping).s);
+                     factored ? " >= 0 (factored damping takes its square root)" : "", pk_numstr(damping).s);
         return -1;
     }
     if (factored && !(pi > 0.0 && isfinite(pi))) {
-        PyErr_Format(PyExc_ValueError, "pi: expected a finite number > 0, got %s", num_str(pi).s);
+        PyErr_Format(PyExc_ValueError, "pi: expected a finite number > 0, got %s", pk_numstr(pi).s);
         return -1;
     }
     return 0;
@@ -146,61 +68,35 @@ static int check_damping(double scale, double damping, int factored, double pi)
 static PyObject *py_sym_eigh(PyObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"M", NULL};
-    PyObject *Mo, *result = NULL;
-    PyArrayObject *M = NULL, *w = NULL, *Q = NULL;
-    int typenum, rc;
+    PyObject *Mo;
+    pk_call_t c;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "O:sym_eigh", kwlist, &Mo)) return NULL;
-    if (first_typenum(Mo, "M", &typenum)) return NULL;
-    npy_intp n = -1;
-    if (!(M = arg_square(Mo, "M", typenum, &n))) goto out;
+    npy_intp n;
+    PyArrayObject *M = pk_call_first_square(&c, Mo, "M", PK_DTYPE_EXACT, &n), *w, *Q;
+    if (!M) return pk_call_fail(&c);
     npy_intp dims[2] = {n, n};
-    w = (PyArrayObject *)PyArray_SimpleNew(1, dims, typenum);
-    Q = (PyArrayObject *)PyArray_SimpleNew(2, dims, typenum);
-    if (!w || !Q) goto out;
-    KRON_CALL(pk_sym_eigh(to_pk_dtype(typenum), n, PyArray_DATA(M), PyArray_DATA(w), PyArray_DATA(Q)));
-    if (rc != PK_OK) {
-        pk_raise(rc, "sym_eigh");
-        goto out;
-    }
-    result = Py_BuildValue("(OO)", w, Q);
-out:
-    Py_XDECREF(M);
-    Py_XDECREF(w);
-    Py_XDECREF(Q);
-    return result;
+    if (!(w = pk_call_output(&c, 1, dims)) || !(Q = pk_call_output(&c, 2, dims))) return pk_call_fail(&c);
+    int rc;
+    PK_RUN_NOGIL(rc, pk_sym_eigh(c.dtype, n, PyArray_DATA(M), PyArray_DATA(w), PyArray_DATA(Q)));
+    if (rc != PK_OK) return pk_call_raise(&c, rc, "sym_eigh");
+    return pk_call_release(&c, Py_BuildValue("(OO)", w, Q));
 }
 
 static PyObject *py_kron_matvec(PyObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"G", "A", "V", NULL};
     PyObject *Go, *Ao, *Vo;
-    PyArrayObject *G = NULL, *A = NULL, *V = NULL, *R = NULL;
-    int typenum, rc;
+    pk_call_t c;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO:kron_matvec", kwlist, &Go, &Ao, &Vo)) return NULL;
-    if (first_typenum(Go, "G", &typenum)) return NULL;
-    npy_intp out = -1, q = -1, m = 1;
-    if (!(G = arg_square(Go, "G", typenum, &out))) goto fail;
-    if (!(A = arg_square(Ao, "A", typenum, &q))) goto fail;
-    if (check_q(q, "A")) goto fail;
-    if (!(V = arg_rhs(Vo, "V", typenum, out * q, &m))) goto fail;
-    R = (PyArrayObject *)PyArray_SimpleNew(PyArray_NDIM(V), PyArray_DIMS(V), typenum);
-    if (!R) goto fail;
-    KRON_CALL(pk_kron_matvec(to_pk_dtype(typenum), out, q - 1, PyArray_DATA(G), PyArray_DATA(A), m,
-                             PyArray_DATA(V), PyArray_DATA(R)));
-    if (rc != PK_OK) {
-        pk_raise(rc, "kron_matvec");
-        goto fail;
-    }
-    Py_DECREF(G);
-    Py_DECREF(A);
-    Py_DECREF(V);
-    return (PyObject *)R;
-fail:
-    Py_XDECREF(G);
-    Py_XDECREF(A);
-    Py_XDECREF(V);
-    Py_XDECREF(R);
-    return NULL;
+    npy_intp out, q = -1, m = 1;
+    PyArrayObject *G = pk_call_first_square(&c, Go, "G", PK_DTYPE_EXACT, &out), *A, *V, *R;
+    if (!G || !(A = pk_call_square(&c, Ao, "A", &q)) || check_q(q, "A")) return pk_call_fail(&c);
+    if (!(V = arg_rhs(&c, Vo, "V", out * q, &m)) || !(R = pk_call_output(&c, PyArray_NDIM(V), PyArray_DIMS(V))))
+        return pk_call_fail(&c);
+    int rc;
+    PK_RUN_NOGIL(rc, pk_kron_matvec(c.dtype, out, q - 1, PyArray_DATA(G), PyArray_DATA(A), m, PyArray_DATA(V),
+                                    PyArray_DATA(R)));
+    return pk_call_return(&c, rc, "kron_matvec", R);
 }
 
 static PyObject *py_kron_eig_apply(PyObject *self, PyObject *args, PyObject *kwds)
@@ -208,77 +104,50 @@ static PyObject *py_kron_eig_apply(PyObject *self, PyObject *args, PyObject *kwd
     static char *kwlist[] = {"wG", "QG", "wA", "QA", "V", "scale", "damping", "factored", "pi", "power", NULL};
     PyObject *wGo, *QGo, *wAo, *QAo, *Vo;
     double scale = 1.0, damping = 0.0, pi = 1.0, power = -1.0;
-    int factored = 0, typenum, rc;
-    PyArrayObject *wG = NULL, *QG = NULL, *wA = NULL, *QA = NULL, *V = NULL, *R = NULL;
+    int factored = 0;
+    pk_call_t c;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOO|$ddpdd:kron_eig_apply", kwlist, &wGo, &QGo,
                                      &wAo, &QAo, &Vo, &scale, &damping, &factored, &pi, &power))
         return NULL;
-    if (first_typenum(wGo, "wG", &typenum)) return NULL;
-    npy_intp out = -1, q = -1, m = 1;
-    if (!(wG = arg_vector(wGo, "wG", typenum, &out))) goto fail;
-    if (!(QG = arg_square(QGo, "QG", typenum, &out))) goto fail;
-    if (!(wA = arg_vector(wAo, "wA", typenum, &q))) goto fail;
-    if (check_q(q, "wA")) goto fail;
-    if (!(QA = arg_square(QAo, "QA", typenum, &q))) goto fail;
-    if (!(V = arg_rhs(Vo, "V", typenum, out * q, &m))) goto fail;
+    PyArrayObject *wG = pk_call_first(&c, wGo, "wG", PK_DTYPE_EXACT, 1), *QG, *wA, *QA, *V, *R;
+    if (!wG) return pk_call_fail(&c);
+    npy_intp out = PyArray_DIM(wG, 0), q = -1, m = 1;
+    if (!(QG = pk_call_square(&c, QGo, "QG", &out)) || !(wA = arg_vector(&c, wAo, "wA", &q)) || check_q(q, "wA") ||
+        !(QA = pk_call_square(&c, QAo, "QA", &q)) || !(V = arg_rhs(&c, Vo, "V", out * q, &m)))
+        return pk_call_fail(&c);
     if (!(power == 1.0 || power == -1.0 || power == 0.5 || power == -0.5)) {
-        PyErr_Format(PyExc_ValueError, "power: expected 1, -1, 0.5 or -0.5, got %s", num_str(power).s);
-        goto fail;
+        PyErr_Format(PyExc_ValueError, "power: expected 1, -1, 0.5 or -0.5, got %s", pk_numstr(power).s);
+        return pk_call_fail(&c);
     }
-    if (check_damping(scale, damping, factored, pi)) goto fail;
-    R = (PyArrayObject *)PyArray_SimpleNew(PyArray_NDIM(V), PyArray_DIMS(V), typenum);
-    if (!R) goto fail;
-    KRON_CALL(pk_kron_eig_apply(to_pk_dtype(typenum), out, q - 1, PyArray_DATA(wG), PyArray_DATA(QG),
-                                PyArray_DATA(wA), PyArray_DATA(QA), scale, damping,
-                                factored ? PK_DAMP_FACTORED : PK_DAMP_EXACT, pi, power, m,
-                                PyArray_DATA(V), PyArray_DATA(R)));
-    if (rc != PK_OK) {
-        pk_raise(rc, "kron_eig_apply");
-        goto fail;
-    }
-    Py_DECREF(wG);
-    Py_DECREF(QG);
-    Py_DECREF(wA);
-    Py_DECREF(QA);
-    Py_DECREF(V);
-    return (PyObject *)R;
-fail:
-    Py_XDECREF(wG);
-    Py_XDECREF(QG);
-    Py_XDECREF(wA);
-    Py_XDECREF(QA);
-    Py_XDECREF(V);
-    Py_XDECREF(R);
-    return NULL;
+    if (check_damping(scale, damping, factored, pi) || !(R = pk_call_output(&c, PyArray_NDIM(V), PyArray_DIMS(V))))
+        return pk_call_fail(&c);
+    int rc;
+    PK_RUN_NOGIL(rc, pk_kron_eig_apply(c.dtype, out, q - 1, PyArray_DATA(wG), PyArray_DATA(QG), PyArray_DATA(wA),
+                                       PyArray_DATA(QA), scale, damping, factored ? PK_DAMP_FACTORED : PK_DAMP_EXACT,
+                                       pi, power, m, PyArray_DATA(V), PyArray_DATA(R)));
+    return pk_call_return(&c, rc, "kron_eig_apply", R);
 }
 
 static PyObject *py_kron_logdet(PyObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"wG", "wA", "scale", "damping", "factored", "pi", NULL};
-    PyObject *wGo, *wAo, *result = NULL;
+    PyObject *wGo, *wAo;
     double scale = 1.0, damping = 0.0, pi = 1.0, logdet = 0.0;
-    int factored = 0, typenum, rc;
-    PyArrayObject *wG = NULL, *wA = NULL;
+    int factored = 0;
+    pk_call_t c;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|$ddpd:kron_logdet", kwlist, &wGo, &wAo, &scale,
                                      &damping, &factored, &pi))
         return NULL;
-    if (first_typenum(wGo, "wG", &typenum)) return NULL;
-    npy_intp out = -1, q = -1;
-    if (!(wG = arg_vector(wGo, "wG", typenum, &out))) goto out;
-    if (!(wA = arg_vector(wAo, "wA", typenum, &q))) goto out;
-    if (check_q(q, "wA")) goto out;
-    if (check_damping(scale, damping, factored, pi)) goto out;
-    KRON_CALL(pk_kron_logdet(to_pk_dtype(typenum), out, q - 1, PyArray_DATA(wG), PyArray_DATA(wA),
-                             scale, damping, factored ? PK_DAMP_FACTORED : PK_DAMP_EXACT, pi, &logdet));
-    if (rc != PK_OK) {
-        pk_raise(rc, "kron_logdet");
-        goto out;
-    }
-    result = PyFloat_FromDouble(logdet);
-out:
-    Py_XDECREF(wG);
-    Py_XDECREF(wA);
-    return result;
+    PyArrayObject *wG = pk_call_first(&c, wGo, "wG", PK_DTYPE_EXACT, 1), *wA;
+    if (!wG) return pk_call_fail(&c);
+    npy_intp out = PyArray_DIM(wG, 0), q = -1;
+    if (!(wA = arg_vector(&c, wAo, "wA", &q)) || check_q(q, "wA") || check_damping(scale, damping, factored, pi))
+        return pk_call_fail(&c);
+    int rc;
+    PK_RUN_NOGIL(rc, pk_kron_logdet(c.dtype, out, q - 1, PyArray_DATA(wG), PyArray_DATA(wA), scale, damping,
+                                    factored ? PK_DAMP_FACTORED : PK_DAMP_EXACT, pi, &logdet));
+    if (rc != PK_OK) return pk_call_raise(&c, rc, "kron_logdet");
+    return pk_call_release(&c, PyFloat_FromDouble(logdet));
 }
 
 /* `out` must be a writeable (p, p) array of the call's dtype with unit-stride
@@ -304,62 +173,45 @@ static PyObject *py_kron_to_dense(PyObject *self, PyObject *args, PyObject *kwds
 {
     static char *kwlist[] = {"G", "A", "out", NULL};
     PyObject *Go, *Ao, *Bo = Py_None;
-    PyArrayObject *G = NULL, *A = NULL, *B = NULL;
-    int typenum, rc;
     int64_t ldb = 0;
+    pk_call_t c;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|O:kron_to_dense", kwlist, &Go, &Ao, &Bo)) return NULL;
-    if (first_typenum(Go, "G", &typenum)) return NULL;
-    npy_intp out = -1, q = -1;
-    if (!(G = arg_square(Go, "G", typenum, &out))) goto fail;
-    if (!(A = arg_square(Ao, "A", typenum, &q))) goto fail;
-    if (check_q(q, "A")) goto fail;
+    npy_intp out, q = -1;
+    PyArrayObject *G = pk_call_first_square(&c, Go, "G", PK_DTYPE_EXACT, &out), *A, *B;
+    if (!G || !(A = pk_call_square(&c, Ao, "A", &q)) || check_q(q, "A")) return pk_call_fail(&c);
     const npy_intp p = out * q;
     if (Bo == Py_None) {
         npy_intp dims[2] = {p, p};
-        B = (PyArrayObject *)PyArray_SimpleNew(2, dims, typenum);
-        if (!B) goto fail;
+        B = pk_call_output(&c, 2, dims);
         ldb = p;
     } else {
-        if (check_out(Bo, typenum, p, &ldb)) goto fail;
+        if (check_out(Bo, c.typenum, p, &ldb)) return pk_call_fail(&c);
         Py_INCREF(Bo);
-        B = (PyArrayObject *)Bo;
+        B = pk_call_hold(&c, (PyArrayObject *)Bo);
     }
-    KRON_CALL(pk_kron_to_dense(to_pk_dtype(typenum), out, q - 1, PyArray_DATA(G), PyArray_DATA(A),
-                               PyArray_DATA(B), ldb));
-    if (rc != PK_OK) {
-        pk_raise(rc, "kron_to_dense");
-        goto fail;
-    }
-    Py_DECREF(G);
-    Py_DECREF(A);
-    return (PyObject *)B;
-fail:
-    Py_XDECREF(G);
-    Py_XDECREF(A);
-    Py_XDECREF(B);
-    return NULL;
+    if (!B) return pk_call_fail(&c);
+    int rc;
+    PK_RUN_NOGIL(rc, pk_kron_to_dense(c.dtype, out, q - 1, PyArray_DATA(G), PyArray_DATA(A), PyArray_DATA(B), ldb));
+    return pk_call_return(&c, rc, "kron_to_dense", B);
 }
 
-#define KW (METH_VARARGS | METH_KEYWORDS)
-#define FN(f) ((PyCFunction)(void (*)(void))(f))
-
 PyMethodDef pk_kron_methods[] = {
-    {"sym_eigh", FN(py_sym_eigh), KW,
-     "sym_eigh(M) -> (w, Q)\n\nM = Q diag(w) Q^T for symmetric M (n, n) (lower triangle read); "
-     "w (n,) ascending, Q (n, n) with the eigenvectors as columns. LAPACK syevd."},
-    {"kron_matvec", FN(py_kron_matvec), KW,
-     "kron_matvec(G, A, V) -> R\n\nR = (G (x) A) V for one layer, G (out, out), A (q, q), "
-     "V (p,) or (p, m), p = out * q, in theta order (W row-major, then b)."},
-    {"kron_eig_apply", FN(py_kron_eig_apply), KW,
-     "kron_eig_apply(wG, QG, wA, QA, V, *, scale=1.0, damping=0.0, factored=False, pi=1.0, "
-     "power=-1.0) -> R\n\nR = (damped G (x) A)^power V from the eigendecompositions of G and A; "
-     "power in {1, -1, 0.5, -0.5}. Damped eigenvalues: scale*lg*la + damping, or "
-     "(scale*lg + sqrt(damping)/pi)(la + sqrt(damping)*pi) when factored."},
-    {"kron_logdet", FN(py_kron_logdet), KW,
-     "kron_logdet(wG, wA, *, scale=1.0, damping=0.0, factored=False, pi=1.0) -> float\n\n"
-     "Sum of the logs of the damped eigenvalues (see kron_eig_apply)."},
-    {"kron_to_dense", FN(py_kron_to_dense), KW,
-     "kron_to_dense(G, A, out=None) -> B\n\nB (p, p) = G (x) A in theta order. `out` may be a "
-     "writeable block view of a larger matrix with contiguous rows; it is filled and returned."},
+    PK_KW_METHOD("sym_eigh", py_sym_eigh,
+                 "sym_eigh(M) -> (w, Q)\n\nM = Q diag(w) Q^T for symmetric M (n, n) (lower triangle read); "
+                 "w (n,) ascending, Q (n, n) with the eigenvectors as columns. LAPACK syevd."),
+    PK_KW_METHOD("kron_matvec", py_kron_matvec,
+                 "kron_matvec(G, A, V) -> R\n\nR = (G (x) A) V for one layer, G (out, out), A (q, q), "
+                 "V (p,) or (p, m), p = out * q, in theta order (W row-major, then b)."),
+    PK_KW_METHOD("kron_eig_apply", py_kron_eig_apply,
+                 "kron_eig_apply(wG, QG, wA, QA, V, *, scale=1.0, damping=0.0, factored=False, pi=1.0, "
+                 "power=-1.0) -> R\n\nR = (damped G (x) A)^power V from the eigendecompositions of G and A; "
+                 "power in {1, -1, 0.5, -0.5}. Damped eigenvalues: scale*lg*la + damping, or "
+                 "(scale*lg + sqrt(damping)/pi)(la + sqrt(damping)*pi) when factored."),
+    PK_KW_METHOD("kron_logdet", py_kron_logdet,
+                 "kron_logdet(wG, wA, *, scale=1.0, damping=0.0, factored=False, pi=1.0) -> float\n\n"
+                 "Sum of the logs of the damped eigenvalues (see kron_eig_apply)."),
+    PK_KW_METHOD("kron_to_dense", py_kron_to_dense,
+                 "kron_to_dense(G, A, out=None) -> B\n\nB (p, p) = G (x) A in theta order. `out` may be a "
+                 "writeable block view of a larger matrix with contiguous rows; it is filled and returned."),
     {NULL, NULL, 0, NULL},
 };

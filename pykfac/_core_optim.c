@@ -5,13 +5,6 @@
 
 #define OPT_MAX_LAYERS 64
 
-#define RUN_C(rc, call)          \
-    do {                         \
-        Py_BEGIN_ALLOW_THREADS;  \
-        rc = (call);             \
-        Py_END_ALLOW_THREADS;    \
-    } while (0)
-
 /* NPY_FLOAT32 if obj is a float32 array, else NPY_FLOAT64. */
 static int typenum_of(PyObject *obj)
 {
@@ -19,18 +12,38 @@ static int typenum_of(PyObject *obj)
                                                                                     : NPY_FLOAT64;
 }
 
-static pk_dtype_t pk_dt(int typenum) { return typenum == NPY_FLOAT32 ? PK_FLOAT32 : PK_FLOAT64; }
-
-/* A list of arrays read from a sequence; holds new references. */
+/* A list of per-layer arrays (read from a sequence argument, or made for a
+ * result): new references, and their data pointers for the kernels. */
 typedef struct {
     int n;
     PyArrayObject *a[OPT_MAX_LAYERS];
+    void *p[OPT_MAX_LAYERS];
 } arrlist_t;
 
-static void arrlist_release(arrlist_t *al)
+/* Append `a` (a new reference, or NULL: -1, its exception set). */
+static int arrlist_push(arrlist_t *al, PyArrayObject *a)
 {
-    for (int i = 0; i < al->n; i++) Py_CLEAR(al->a[i]);
-    al->n = 0;
+    if (!a) return -1;
+    al->p[al->n] = PyArray_DATA(a);
+    al->a[al->n++] = a;
+    return 0;
+}
+
+static const void *const *arrlist_data(const arrlist_t *al) { return (const void *const *)al->p; }
+
+/* The lists kfac_inverse and kfac_apply hold: the statistics A, G (and the
+ * cross-layer A_cross, G_cross), and the inverse's KA, sA, KG, sG (and PA, PG). */
+typedef struct {
+    arrlist_t A, G, Ac, Gc, KA, sA, KG, sG, PA, PG;
+} kfac_lists_t;
+
+static void kfac_lists_release(kfac_lists_t *k)
+{
+    arrlist_t *all[] = {&k->A, &k->G, &k->Ac, &k->Gc, &k->KA, &k->sA, &k->KG, &k->sG, &k->PA, &k->PG};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
+        for (int j = 0; j < all[i]->n; j++) Py_CLEAR(all[i]->a[j]);
+        all[i]->n = 0;
+    }
 }
 
 /* Length of a sequence argument that must hold `want` items (want < 0: 1..64). */
@@ -67,6 +80,22 @@ static PyArrayObject *item_array(PyObject *seq, const char *name, Py_ssize_t i, 
     return arr;
 }
 
+/* Item l of seq as a square matrix (of order n if n >= 0) of order >= min,
+ * appended to al; `order` names the bound in the message ("out >= 1"). */
+static PyArrayObject *square_item(arrlist_t *al, PyObject *seq, const char *name, Py_ssize_t l, int typenum,
+                                  npy_intp n, npy_intp min, const char *order)
+{
+    npy_intp shape[2] = {n, n};
+    PyArrayObject *a = item_array(seq, name, l, typenum, 2, shape);
+    if (arrlist_push(al, a)) return NULL;
+    if (PyArray_DIM(a, 0) != PyArray_DIM(a, 1) || PyArray_DIM(a, 0) < min) {
+        PyErr_Format(PyExc_ValueError, "%s[%zd]: expected a square matrix of order %s, got shape (%ld, %ld)", name,
+                     l, order, (long)PyArray_DIM(a, 0), (long)PyArray_DIM(a, 1));
+        return NULL;
+    }
+    return a;
+}
+
 /* Read the layer widths from the diagonal factors: square A[l] of order
  * sizes[l] + 1 >= 2 and square G[l] of order sizes[l+1] (G[l] must match
  * A[l+1]). Fills al_A, al_G and sizes[0..L]. */
@@ -77,27 +106,13 @@ static int parse_factors(PyObject *Ao, PyObject *Go, const char *nA, const char 
     if (L < 0) return -1;
     if (seq_len(Go, nG, L) < 0) return -1;
     for (Py_ssize_t l = 0; l < L; l++) {
-        npy_intp shape[2] = {-1, -1};
-        PyArrayObject *a = item_array(Ao, nA, l, typenum, 2, shape);
+        PyArrayObject *a = square_item(al_A, Ao, nA, l, typenum, -1, 2, "in + 1 >= 2");
         if (!a) return -1;
-        al_A->a[al_A->n++] = a;
-        if (PyArray_DIM(a, 0) != PyArray_DIM(a, 1) || PyArray_DIM(a, 0) < 2) {
-            PyErr_Format(PyExc_ValueError, "%s[%zd]: expected a square matrix of order in + 1 >= 2, got shape (%ld, %ld)",
-                         nA, l, (long)PyArray_DIM(a, 0), (long)PyArray_DIM(a, 1));
-            return -1;
-        }
         sizes[l] = (int64_t)PyArray_DIM(a, 0) - 1;
     }
     for (Py_ssize_t l = 0; l < L; l++) {
-        npy_intp shape[2] = {l + 1 < L ? (npy_intp)sizes[l + 1] : -1, l + 1 < L ? (npy_intp)sizes[l + 1] : -1};
-        PyArrayObject *g = item_array(Go, nG, l, typenum, 2, shape);
-        if (!g) return -1;
-        al_G->a[al_G->n++] = g;
-        if (PyArray_DIM(g, 0) != PyArray_DIM(g, 1) || PyArray_DIM(g, 0) < 1) {
-            PyErr_Format(PyExc_ValueError, "%s[%zd]: expected a square matrix of order out >= 1, got shape (%ld, %ld)",
-                         nG, l, (long)PyArray_DIM(g, 0), (long)PyArray_DIM(g, 1));
-            return -1;
-        }
+        npy_intp out = l + 1 < L ? (npy_intp)sizes[l + 1] : -1;
+        if (!square_item(al_G, Go, nG, l, typenum, out, 1, "out >= 1")) return -1;
     }
     sizes[L] = (int64_t)PyArray_DIM(al_G->a[L - 1], 0);
     *L_out = (int)L;
@@ -113,10 +128,23 @@ static int parse_cross(PyObject *seq, const char *name, int L, int typenum, cons
         npy_intp shape[2];
         shape[0] = is_A ? (npy_intp)sizes[l] + 1 : (npy_intp)sizes[l + 1];
         shape[1] = is_A ? (npy_intp)sizes[l + 1] + 1 : (npy_intp)sizes[l + 2];
-        PyArrayObject *a = item_array(seq, name, l, typenum, 2, shape);
-        if (!a) return -1;
-        al->a[al->n++] = a;
+        if (arrlist_push(al, item_array(seq, name, l, typenum, 2, shape))) return -1;
     }
+    return 0;
+}
+
+/* The optional cross-layer lists of A and G: both (block-tridiagonal) or
+ * neither (None, None: block-diagonal). */
+static int parse_cross_pair(PyObject *Ao, PyObject *Go, const char *nA, const char *nG, int L, int typenum,
+                            const int64_t *sizes, arrlist_t *al_A, arrlist_t *al_G)
+{
+    if (Ao == Py_None && Go == Py_None) return 0;
+    if (Ao == Py_None || Go == Py_None) {
+        PyErr_Format(PyExc_ValueError, "%s, %s: pass both (block-tridiagonal) or neither (block-diagonal)", nA, nG);
+        return -1;
+    }
+    if (parse_cross(Ao, nA, L, typenum, sizes, 1, al_A) < 0 || parse_cross(Go, nG, L, typenum, sizes, 0, al_G) < 0)
+        return -1;
     return 0;
 }
 
@@ -134,15 +162,7 @@ static PyObject *list_of(arrlist_t *al)
 static int new_into(arrlist_t *al, int nd, npy_intp d0, npy_intp d1, int typenum)
 {
     npy_intp dims[2] = {d0, d1};
-    PyArrayObject *a = (PyArrayObject *)PyArray_ZEROS(nd, dims, typenum, 0);
-    if (!a) return -1;
-    al->a[al->n++] = a;
-    return 0;
-}
-
-static void data_ptrs(const arrlist_t *al, void **p)
-{
-    for (int i = 0; i < al->n; i++) p[i] = PyArray_DATA(al->a[i]);
+    return arrlist_push(al, (PyArrayObject *)PyArray_ZEROS(nd, dims, typenum, 0));
 }
 
 /* kfac_inverse(A, G, A_cross, G_cross, gamma, pi) -> (KA, sA, KG, sG, PA, PG) */
@@ -154,7 +174,7 @@ static PyObject *py_kfac_inverse(PyObject *self, PyObject *args, PyObject *kwds)
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOdO:kfac_inverse", kwlist, &Ao, &Go, &Aco, &Gco,
                                      &gamma, &pio))
         return NULL;
-    arrlist_t A = {0}, G = {0}, Ac = {0}, Gc = {0}, KA = {0}, sA = {0}, KG = {0}, sG = {0}, PA = {0}, PG = {0};
+    kfac_lists_t k = {0};
     int64_t sizes[OPT_MAX_LAYERS + 1];
     double pi[OPT_MAX_LAYERS];
     int L = 0, rc;
@@ -162,18 +182,10 @@ static PyObject *py_kfac_inverse(PyObject *self, PyObject *args, PyObject *kwds)
                         : PyTuple_Check(Ao) && PyTuple_Size(Ao) > 0 ? typenum_of(PyTuple_GET_ITEM(Ao, 0))
                                                                     : NPY_FLOAT64;
     const int cross = Aco != Py_None || Gco != Py_None;
-    if (parse_factors(Ao, Go, "A", "G", typenum, &A, &G, sizes, &L) < 0) goto out;
-    if (cross && (Aco == Py_None || Gco == Py_None)) {
-        PyErr_SetString(PyExc_ValueError, "A_cross, G_cross: pass both (block-tridiagonal) or neither (block-diagonal)");
-        goto out;
-    }
-    if (cross && (parse_cross(Aco, "A_cross", L, typenum, sizes, 1, &Ac) < 0 ||
-                  parse_cross(Gco, "G_cross", L, typenum, sizes, 0, &Gc) < 0))
-        goto out;
+    if (parse_factors(Ao, Go, "A", "G", typenum, &k.A, &k.G, sizes, &L) < 0) goto out;
+    if (parse_cross_pair(Aco, Gco, "A_cross", "G_cross", L, typenum, sizes, &k.Ac, &k.Gc) < 0) goto out;
     if (!isfinite(gamma) || gamma < 0.0) {
-        char num[32];
-        snprintf(num, sizeof num, "%g", gamma);
-        PyErr_Format(PyExc_ValueError, "gamma: expected a finite number >= 0, got %s", num);
+        PyErr_Format(PyExc_ValueError, "gamma: expected a finite number >= 0, got %s", pk_numstr(gamma).s);
         goto out;
     }
     if (seq_len(pio, "pi", L) < 0) goto out;
@@ -190,39 +202,23 @@ static PyObject *py_kfac_inverse(PyObject *self, PyObject *args, PyObject *kwds)
     }
     for (int l = 0; l < L; l++) {
         const npy_intp out = (npy_intp)sizes[l + 1], q = (npy_intp)sizes[l] + 1;
-        if (new_into(&KA, 2, q, q, typenum) || new_into(&sA, 1, q, 0, typenum) ||
-            new_into(&KG, 2, out, out, typenum) || new_into(&sG, 1, out, 0, typenum))
+        if (new_into(&k.KA, 2, q, q, typenum) || new_into(&k.sA, 1, q, 0, typenum) ||
+            new_into(&k.KG, 2, out, out, typenum) || new_into(&k.sG, 1, out, 0, typenum))
             goto out;
         if (cross && l + 1 < L &&
-            (new_into(&PA, 2, q, (npy_intp)sizes[l + 1] + 1, typenum) ||
-             new_into(&PG, 2, out, (npy_intp)sizes[l + 2], typenum)))
+            (new_into(&k.PA, 2, q, (npy_intp)sizes[l + 1] + 1, typenum) ||
+             new_into(&k.PG, 2, out, (npy_intp)sizes[l + 2], typenum)))
             goto out;
     }
-    {
-        void *pA[OPT_MAX_LAYERS], *pG[OPT_MAX_LAYERS], *pAc[OPT_MAX_LAYERS], *pGc[OPT_MAX_LAYERS];
-        void *pKA[OPT_MAX_LAYERS], *psA[OPT_MAX_LAYERS], *pKG[OPT_MAX_LAYERS], *psG[OPT_MAX_LAYERS];
-        void *pPA[OPT_MAX_LAYERS], *pPG[OPT_MAX_LAYERS];
-        data_ptrs(&A, pA);
-        data_ptrs(&G, pG);
-        data_ptrs(&Ac, pAc);
-        data_ptrs(&Gc, pGc);
-        data_ptrs(&KA, pKA);
-        data_ptrs(&sA, psA);
-        data_ptrs(&KG, pKG);
-        data_ptrs(&sG, psG);
-        data_ptrs(&PA, pPA);
-        data_ptrs(&PG, pPG);
-        RUN_C(rc, pk_kfac_inverse(pk_dt(typenum), L, sizes, (const void *const *)pA, (const void *const *)pG,
-                                  cross ? (const void *const *)pAc : NULL, cross ? (const void *const *)pGc : NULL,
-                                  gamma, pi, pKA, psA, pKG, psG, cross ? pPA : NULL, cross ? pPG : NULL));
-    }
+    PK_RUN_NOGIL(rc, pk_kfac_inverse(pk_dtype_of(typenum), L, sizes, arrlist_data(&k.A), arrlist_data(&k.G),
+                                     cross ? arrlist_data(&k.Ac) : NULL, cross ? arrlist_data(&k.Gc) : NULL, gamma,
+                                     pi, k.KA.p, k.sA.p, k.KG.p, k.sG.p, cross ? k.PA.p : NULL,
+                                     cross ? k.PG.p : NULL));
     if (rc == PK_ERR_SINGULAR) {
-        char num[32];
-        snprintf(num, sizeof num, "%g", gamma);
         PyErr_Format(pk_LinAlgError,
                      "kfac_inverse: the damped K-FAC curvature is singular (a damped factor has an "
                      "eigenvalue at roundoff level, or a block-tridiagonal conditional covariance is not "
-                     "positive definite); use a larger damping (gamma = %s)", num);
+                     "positive definite); use a larger damping (gamma = %s)", pk_numstr(gamma).s);
         goto out;
     }
     if (rc) {
@@ -230,9 +226,9 @@ static PyObject *py_kfac_inverse(PyObject *self, PyObject *args, PyObject *kwds)
         goto out;
     }
     {
-        PyObject *lKA = list_of(&KA), *lsA = list_of(&sA), *lKG = list_of(&KG), *lsG = list_of(&sG);
-        PyObject *lPA = cross ? list_of(&PA) : (Py_INCREF(Py_None), Py_None);
-        PyObject *lPG = cross ? list_of(&PG) : (Py_INCREF(Py_None), Py_None);
+        PyObject *lKA = list_of(&k.KA), *lsA = list_of(&k.sA), *lKG = list_of(&k.KG), *lsG = list_of(&k.sG);
+        PyObject *lPA = cross ? list_of(&k.PA) : (Py_INCREF(Py_None), Py_None);
+        PyObject *lPG = cross ? list_of(&k.PG) : (Py_INCREF(Py_None), Py_None);
         if (lKA && lsA && lKG && lsG && lPA && lPG) result = PyTuple_Pack(6, lKA, lsA, lKG, lsG, lPA, lPG);
         Py_XDECREF(lKA);
         Py_XDECREF(lsA);
@@ -242,16 +238,7 @@ static PyObject *py_kfac_inverse(PyObject *self, PyObject *args, PyObject *kwds)
         Py_XDECREF(lPG);
     }
 out:
-    arrlist_release(&A);
-    arrlist_release(&G);
-    arrlist_release(&Ac);
-    arrlist_release(&Gc);
-    arrlist_release(&KA);
-    arrlist_release(&sA);
-    arrlist_release(&KG);
-    arrlist_release(&sG);
-    arrlist_release(&PA);
-    arrlist_release(&PG);
+    kfac_lists_release(&k);
     return result;
 }
 
@@ -259,77 +246,66 @@ out:
 static PyObject *py_kfac_apply(PyObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"KA", "sA", "KG", "sG", "PA", "PG", "V", NULL};
-    PyObject *KAo, *sAo, *KGo, *sGo, *PAo, *PGo, *Vo;
+    PyObject *KAo, *sAo, *KGo, *sGo, *PAo, *PGo, *Vo, *result = NULL;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOOO:kfac_apply", kwlist, &KAo, &sAo, &KGo, &sGo,
                                      &PAo, &PGo, &Vo))
         return NULL;
-    arrlist_t KA = {0}, sA = {0}, KG = {0}, sG = {0}, PA = {0}, PG = {0};
-    PyArrayObject *V = NULL, *R = NULL;
+    kfac_lists_t k = {0};
+    PyArrayObject *V, *R;
     int64_t sizes[OPT_MAX_LAYERS + 1];
     int L = 0, rc;
     const int typenum = PyList_Check(KAo) && PyList_Size(KAo) > 0 ? typenum_of(PyList_GET_ITEM(KAo, 0))
                                                                     : NPY_FLOAT64;
     const int cross = PAo != Py_None || PGo != Py_None;
+    pk_call_t c;
+    pk_call_init(&c, typenum);
     /* KA, KG have the shapes of A, G: same width bookkeeping. */
-    if (parse_factors(KAo, KGo, "KA", "KG", typenum, &KA, &KG, sizes, &L) < 0) goto fail;
-    if (seq_len(sAo, "sA", L) < 0 || seq_len(sGo, "sG", L) < 0) goto fail;
+    if (parse_factors(KAo, KGo, "KA", "KG", typenum, &k.KA, &k.KG, sizes, &L) < 0) goto out;
+    if (seq_len(sAo, "sA", L) < 0 || seq_len(sGo, "sG", L) < 0) goto out;
     for (int l = 0; l < L; l++) {
         npy_intp qa[1] = {(npy_intp)sizes[l] + 1}, qg[1] = {(npy_intp)sizes[l + 1]};
-        PyArrayObject *a = item_array(sAo, "sA", l, typenum, 1, qa);
-        if (!a) goto fail;
-        sA.a[sA.n++] = a;
-        a = item_array(sGo, "sG", l, typenum, 1, qg);
-        if (!a) goto fail;
-        sG.a[sG.n++] = a;
+        if (arrlist_push(&k.sA, item_array(sAo, "sA", l, typenum, 1, qa)) ||
+            arrlist_push(&k.sG, item_array(sGo, "sG", l, typenum, 1, qg)))
+            goto out;
     }
-    if (cross && (PAo == Py_None || PGo == Py_None)) {
-        PyErr_SetString(PyExc_ValueError, "PA, PG: pass both (block-tridiagonal) or neither (block-diagonal)");
-        goto fail;
-    }
-    if (cross && (parse_cross(PAo, "PA", L, typenum, sizes, 1, &PA) < 0 ||
-                  parse_cross(PGo, "PG", L, typenum, sizes, 0, &PG) < 0))
-        goto fail;
+    if (parse_cross_pair(PAo, PGo, "PA", "PG", L, typenum, sizes, &k.PA, &k.PG) < 0) goto out;
     npy_intp D = 0;
     for (int l = 0; l < L; l++) D += (npy_intp)(sizes[l + 1] * (sizes[l] + 1));
-    npy_intp vshape[1] = {D};
-    if (!(V = pk_arg_array(Vo, "V", PK_ARG_REAL, typenum, 1, vshape, 1))) goto fail;
-    if (!(R = (PyArrayObject *)PyArray_SimpleNew(1, vshape, typenum))) goto fail;
-    {
-        void *pKA[OPT_MAX_LAYERS], *psA[OPT_MAX_LAYERS], *pKG[OPT_MAX_LAYERS], *psG[OPT_MAX_LAYERS];
-        void *pPA[OPT_MAX_LAYERS], *pPG[OPT_MAX_LAYERS];
-        data_ptrs(&KA, pKA);
-        data_ptrs(&sA, psA);
-        data_ptrs(&KG, pKG);
-        data_ptrs(&sG, psG);
-        data_ptrs(&PA, pPA);
-        data_ptrs(&PG, pPG);
-        RUN_C(rc, pk_kfac_apply(pk_dt(typenum), L, sizes, (const void *const *)pKA, (const void *const *)psA,
-                                (const void *const *)pKG, (const void *const *)psG,
-                                cross ? (const void *const *)pPA : NULL, cross ? (const void *const *)pPG : NULL,
-                                PyArray_DATA(V), PyArray_DATA(R)));
+    if (!(V = pk_call_input(&c, Vo, "V", 1, &D)) || !(R = pk_call_output(&c, 1, &D))) goto out;
+    PK_RUN_NOGIL(rc, pk_kfac_apply(c.dtype, L, sizes, arrlist_data(&k.KA), arrlist_data(&k.sA), arrlist_data(&k.KG),
+                                   arrlist_data(&k.sG), cross ? arrlist_data(&k.PA) : NULL,
+                                   cross ? arrlist_data(&k.PG) : NULL, PyArray_DATA(V), PyArray_DATA(R)));
+    result = pk_call_return(&c, rc, "kfac_apply", R);
+out:
+    kfac_lists_release(&k);
+    return pk_call_release(&c, result);
+}
+
+/* ggn_gram(net, X, loss, V (D, m)) for a parsed net. */
+static PyObject *ggn_gram_run(const pk_netarg_t *na, PyObject *Xo, PyObject *losso, PyObject *Vo)
+{
+    pk_loss_t loss;
+    if (pk_parse_loss(losso, na->sizes[na->net.n_layers], &loss) < 0) return NULL;
+    pk_call_t c;
+    pk_call_init(&c, na->typenum);
+    npy_intp xs[2] = {-1, (npy_intp)na->sizes[0]}, vs[2] = {(npy_intp)na->num_params, -1};
+    PyArrayObject *X = pk_call_input(&c, Xo, "X", 2, xs), *V, *out;
+    if (!X) return pk_call_fail(&c);
+    if (PyArray_DIM(X, 0) == 0) {
+        PyErr_SetString(PyExc_ValueError, "X: empty batch (N = 0); pass at least one sample");
+        return pk_call_fail(&c);
     }
-    if (rc) {
-        pk_raise(rc, "kfac_apply");
-        goto fail;
+    if (!(V = pk_call_input(&c, Vo, "V", 2, vs))) return pk_call_fail(&c);
+    npy_intp m = PyArray_DIM(V, 1), os[2] = {m, m};
+    if (m < 1) {
+        PyErr_SetString(PyExc_ValueError, "V: expected at least one column");
+        return pk_call_fail(&c);
     }
-    arrlist_release(&KA);
-    arrlist_release(&sA);
-    arrlist_release(&KG);
-    arrlist_release(&sG);
-    arrlist_release(&PA);
-    arrlist_release(&PG);
-    Py_DECREF(V);
-    return (PyObject *)R;
-fail:
-    arrlist_release(&KA);
-    arrlist_release(&sA);
-    arrlist_release(&KG);
-    arrlist_release(&sG);
-    arrlist_release(&PA);
-    arrlist_release(&PG);
-    Py_XDECREF(V);
-    Py_XDECREF(R);
-    return NULL;
+    if (!(out = pk_call_hold(&c, (PyArrayObject *)PyArray_SimpleNew(2, os, NPY_FLOAT64)))) return pk_call_fail(&c);
+    int rc;
+    PK_RUN_NOGIL(rc, pk_ggn_gram(&na->net, loss, PyArray_DIM(X, 0), PyArray_DATA(X), m, PyArray_DATA(V),
+                                 PyArray_DATA(out)));
+    return pk_call_return(&c, rc, "ggn_gram", out);
 }
 
 /* ggn_gram(net, X, loss, V (D, m)) -> (m, m) float64 V^T G V (summed loss) */
@@ -337,44 +313,13 @@ static PyObject *py_ggn_gram(PyObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"net", "X", "loss", "V", NULL};
     PyObject *neto, *Xo, *losso, *Vo;
+    pk_netarg_t na;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOO:ggn_gram", kwlist, &neto, &Xo, &losso, &Vo))
         return NULL;
-    pk_netarg_t na;
-    PyArrayObject *X = NULL, *V = NULL, *out = NULL;
-    pk_loss_t loss;
-    int rc;
     if (pk_netarg_parse(neto, &na) < 0) return NULL;
-    const int L = na.net.n_layers;
-    if (pk_parse_loss(losso, na.sizes[L], &loss) < 0) goto fail;
-    npy_intp xs[2] = {-1, (npy_intp)na.sizes[0]}, vs[2] = {(npy_intp)na.num_params, -1};
-    if (!(X = pk_arg_array(Xo, "X", PK_ARG_REAL, na.typenum, 2, xs, 1))) goto fail;
-    if (PyArray_DIM(X, 0) == 0) {
-        PyErr_SetString(PyExc_ValueError, "X: empty batch (N = 0); pass at least one sample");
-        goto fail;
-    }
-    if (!(V = pk_arg_array(Vo, "V", PK_ARG_REAL, na.typenum, 2, vs, 1))) goto fail;
-    if (PyArray_DIM(V, 1) < 1) {
-        PyErr_SetString(PyExc_ValueError, "V: expected at least one column");
-        goto fail;
-    }
-    npy_intp os[2] = {PyArray_DIM(V, 1), PyArray_DIM(V, 1)};
-    if (!(out = (PyArrayObject *)PyArray_SimpleNew(2, os, NPY_FLOAT64))) goto fail;
-    RUN_C(rc, pk_ggn_gram(&na.net, loss, PyArray_DIM(X, 0), PyArray_DATA(X), PyArray_DIM(V, 1),
-                          PyArray_DATA(V), PyArray_DATA(out)));
-    if (rc) {
-        pk_raise(rc, "ggn_gram");
-        goto fail;
-    }
+    PyObject *result = ggn_gram_run(&na, Xo, losso, Vo);
     pk_netarg_release(&na);
-    Py_DECREF(X);
-    Py_DECREF(V);
-    return (PyObject *)out;
-fail:
-    pk_netarg_release(&na);
-    Py_XDECREF(X);
-    Py_XDECREF(V);
-    Py_XDECREF(out);
-    return NULL;
+    return result;
 }
 
 /* An array updated in place: 1-D, float32/float64 (= *typenum if set),
@@ -406,6 +351,7 @@ static PyObject *py_sgd_update(PyObject *self, PyObject *args, PyObject *kwds)
     double lr, momentum, wd;
     int nesterov, first, typenum = -1, rc;
     npy_intp n = -1;
+    pk_call_t c;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOddpdp:sgd_update", kwlist, &th, &go, &bo, &lr,
                                      &momentum, &nesterov, &wd, &first))
         return NULL;
@@ -414,14 +360,12 @@ static PyObject *py_sgd_update(PyObject *self, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_ValueError, "lr, momentum, weight_decay: expected finite numbers");
         return NULL;
     }
-    npy_intp shape[1] = {n};
-    PyArrayObject *g = pk_arg_array(go, "grad", PK_ARG_REAL, typenum, 1, shape, 1);
-    if (!g) return NULL;
-    RUN_C(rc, pk_sgd_update(pk_dt(typenum), n, PyArray_DATA((PyArrayObject *)th), PyArray_DATA(g),
-                            PyArray_DATA((PyArrayObject *)bo), lr, momentum, nesterov, wd, first));
-    Py_DECREF(g);
-    if (rc) return pk_raise(rc, "sgd_update");
-    Py_RETURN_NONE;
+    pk_call_init(&c, typenum);
+    PyArrayObject *g = pk_call_input(&c, go, "grad", 1, &n);
+    if (!g) return pk_call_fail(&c);
+    PK_RUN_NOGIL(rc, pk_sgd_update(c.dtype, n, PyArray_DATA((PyArrayObject *)th), PyArray_DATA(g),
+                                   PyArray_DATA((PyArrayObject *)bo), lr, momentum, nesterov, wd, first));
+    return pk_call_return(&c, rc, "sgd_update", NULL);
 }
 
 /* adam_update(theta, grad, m, v, t, lr, beta1, beta2, eps, weight_decay): in place */
@@ -433,6 +377,7 @@ static PyObject *py_adam_update(PyObject *self, PyObject *args, PyObject *kwds)
     double lr, b1, b2, eps, wd;
     int typenum = -1, rc;
     npy_intp n = -1;
+    pk_call_t c;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOLddddd:adam_update", kwlist, &th, &go, &mo, &vo, &t,
                                      &lr, &b1, &b2, &eps, &wd))
         return NULL;
@@ -449,37 +394,32 @@ static PyObject *py_adam_update(PyObject *self, PyObject *args, PyObject *kwds)
                         "lr, weight_decay: expected finite numbers; eps >= 0; beta1, beta2 in [0, 1)");
         return NULL;
     }
-    npy_intp shape[1] = {n};
-    PyArrayObject *g = pk_arg_array(go, "grad", PK_ARG_REAL, typenum, 1, shape, 1);
-    if (!g) return NULL;
-    RUN_C(rc, pk_adam_update(pk_dt(typenum), n, PyArray_DATA((PyArrayObject *)th), PyArray_DATA(g),
-                             PyArray_DATA((PyArrayObject *)mo), PyArray_DATA((PyArrayObject *)vo),
-                             (int64_t)t, lr, b1, b2, eps, wd));
-    Py_DECREF(g);
-    if (rc) return pk_raise(rc, "adam_update");
-    Py_RETURN_NONE;
+    pk_call_init(&c, typenum);
+    PyArrayObject *g = pk_call_input(&c, go, "grad", 1, &n);
+    if (!g) return pk_call_fail(&c);
+    PK_RUN_NOGIL(rc, pk_adam_update(c.dtype, n, PyArray_DATA((PyArrayObject *)th), PyArray_DATA(g),
+                                    PyArray_DATA((PyArrayObject *)mo), PyArray_DATA((PyArrayObject *)vo),
+                                    (int64_t)t, lr, b1, b2, eps, wd));
+    return pk_call_return(&c, rc, "adam_update", NULL);
 }
 
-#define KW (METH_VARARGS | METH_KEYWORDS)
-#define FN(f) ((PyCFunction)(void (*)(void))(f))
-
 PyMethodDef pk_optim_methods[] = {
-    {"kfac_inverse", FN(py_kfac_inverse), KW,
-     "kfac_inverse(A, G, A_cross, G_cross, gamma, pi) -> (KA, sA, KG, sG, PA, PG)\n\n"
-     "The damped K-FAC inverse from the (normalised) statistics: A[l] (q_l, q_l), G[l] (out_l, out_l), "
-     "and A_cross[l] (q_l, q_{l+1}), G_cross[l] (out_l, out_{l+1}) for the block-tridiagonal "
-     "inverse (both None for the block-diagonal one; then PA, PG are None). Factored damping "
-     "G + gamma/pi[l] I, A + gamma*pi[l] I. See csrc/pk_optim.h."},
-    {"kfac_apply", FN(py_kfac_apply), KW,
-     "kfac_apply(KA, sA, KG, sG, PA, PG, V) -> R\n\nR (D,) = F^-1 V (theta order) from kfac_inverse's outputs."},
-    {"ggn_gram", FN(py_ggn_gram), KW,
-     "ggn_gram(net, X, loss, V) -> (m, m) float64\n\nV^T G V for the exact GGN G of the summed loss on X "
-     "(V of shape (D, m)), from forward-mode products only."},
-    {"sgd_update", FN(py_sgd_update), KW,
-     "sgd_update(theta, grad, buf, lr, momentum, nesterov, weight_decay, first)\n\n"
-     "SGD with (Nesterov) momentum, in place on theta and buf (torch.optim.SGD semantics)."},
-    {"adam_update", FN(py_adam_update), KW,
-     "adam_update(theta, grad, m, v, t, lr, beta1, beta2, eps, weight_decay)\n\n"
-     "Adam step number t >= 1, in place on theta, m, v (torch.optim.Adam semantics)."},
+    PK_KW_METHOD("kfac_inverse", py_kfac_inverse,
+                 "kfac_inverse(A, G, A_cross, G_cross, gamma, pi) -> (KA, sA, KG, sG, PA, PG)\n\n"
+                 "The damped K-FAC inverse from the (normalised) statistics: A[l] (q_l, q_l), G[l] (out_l, out_l), "
+                 "and A_cross[l] (q_l, q_{l+1}), G_cross[l] (out_l, out_{l+1}) for the block-tridiagonal "
+                 "inverse (both None for the block-diagonal one; then PA, PG are None). Factored damping "
+                 "G + gamma/pi[l] I, A + gamma*pi[l] I. See csrc/pk_optim.h."),
+    PK_KW_METHOD("kfac_apply", py_kfac_apply,
+                 "kfac_apply(KA, sA, KG, sG, PA, PG, V) -> R\n\nR (D,) = F^-1 V (theta order) from kfac_inverse's outputs."),
+    PK_KW_METHOD("ggn_gram", py_ggn_gram,
+                 "ggn_gram(net, X, loss, V) -> (m, m) float64\n\nV^T G V for the exact GGN G of the summed loss on X "
+                 "(V of shape (D, m)), from forward-mode products only."),
+    PK_KW_METHOD("sgd_update", py_sgd_update,
+                 "sgd_update(theta, grad, buf, lr, momentum, nesterov, weight_decay, first)\n\n"
+                 "SGD with (Nesterov) momentum, in place on theta and buf (torch.optim.SGD semantics)."),
+    PK_KW_METHOD("adam_update", py_adam_update,
+                 "adam_update(theta, grad, m, v, t, lr, beta1, beta2, eps, weight_decay)\n\n"
+                 "Adam step number t >= 1, in place on theta, m, v (torch.optim.Adam semantics)."),
     {NULL, NULL, 0, NULL},
 };
