@@ -186,7 +186,8 @@ double pk_rng_normal(pk_rng_t *rng)
 /* ---- block-parallel fills ---------------------------------------------------
  * A fill takes one 64-bit key from the caller's generator and cuts its output
  * into blocks of NORMAL_BLOCK values. Block b draws its candidates from 8
- * interleaved xoshiro256++ streams (no multiplies, for the vector units) seeded from (key, b), and the 1-2% of
+ * interleaved xoshiro256++ streams seeded from (key, b) (++ rather than **:
+ * no multiplies, which AVX2 lacks for 64-bit lanes), and the 1-2% of
  * candidates that leave the ziggurat's fast path finish on a ninth stream of
  * the block. The values are thus a function of the seed alone, whatever the
  * thread count, and both loops are branch-free: the lanes vectorise, and the
