@@ -628,7 +628,7 @@ def test_core_normals_affine_form_is_mean_plus_scale_times_the_same_draws(float3
         _core.standard_normal(4, 517, float32, 3, scale=np.full(517, np.nan, dt))
 
 
-def test_core_normals_are_the_same_without_avx2():
+def test_core_normals_are_the_same_without_avx2(tmp_path):
     """The AVX2 fast path (table gathers) and the portable loop give the same
     values, so a seed means the same draws on every x86-64 CPU."""
     import subprocess
@@ -640,12 +640,17 @@ def test_core_normals_are_the_same_without_avx2():
     import io
     import os
     outs = []
+    # the child imports this very pykfac (from a neutral directory, so a source
+    # checkout in the working directory cannot shadow it)
+    site = os.path.dirname(os.path.dirname(os.path.abspath(pk.__file__)))
     for flag in (None, "1"):
         env = dict(os.environ)
         env.pop("PYKFAC_NO_AVX2", None)
+        env["PYTHONPATH"] = os.pathsep.join([site] + [p for p in [env.get("PYTHONPATH")] if p])
         if flag:
             env["PYKFAC_NO_AVX2"] = flag
-        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, check=True).stdout
+        out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True,
+                             check=True).stdout
         outs.append(np.load(io.BytesIO(out)))
     np.testing.assert_array_equal(outs[0], outs[1])
     here = np.concatenate([_core.standard_normal(3, 5001, False, 9).ravel(),
