@@ -13,6 +13,17 @@
  * of N while keeping GEMMs large enough to run near peak. */
 #define PK_CHUNK_ELEMS ((int64_t)1 << 21) /* 16 MiB of float64: faster than 64 MiB chunks (cache, page faults) */
 #define PK_MAX_CHUNK_ROWS ((int64_t)8192)
+/* Budgets of the diagonal and K-FAC kernels (mlp_impl.inc, plan_rows), in
+ * elements: rows per chunk for the forward pass and the per-layer GEMMs/SYRKs
+ * (weights packed, outputs swept once per chunk), rows per block of the
+ * reverse-mode stacks (kept near L2: 512 KiB per core on Zen 2). Both are
+ * capped by the memory guard's estimate. Measured on 784-256-256-10: within
+ * 2% of the best of 2^19..2^22 x 2^17..2^20 on one thread, 2-4% faster than
+ * 2^20 x 2^18 on two. */
+#define PK_CURV_CHUNK_ELEMS ((int64_t)1 << 21)
+#define PK_CURV_STACK_ELEMS ((int64_t)1 << 19)
+/* Elements per tile of the fused stack loops (the tile's running sums stay in L1). */
+#define PK_SQ_TILE 1024
 /* Directions processed together in tangent/R-op passes (columns of V). */
 #define PK_MAX_STACK ((int64_t)64)
 

@@ -115,7 +115,9 @@ int pk_diag_curvature(const pk_mlp_t *net, pk_fisher_t kind, pk_loss_t loss, int
 
 /* Kronecker factors for every layer, ACCUMULATED so batches add up:
  *   A[l] (sizes[l]+1 squared) += sum_n abar_n abar_n^T   (abar = [a; 1], unnormalised)
- *   G[l] (sizes[l+1] squared) += sum_n g_n g_n^T          (EXACT: over the K columns of S;
+ *   G[l] (sizes[l+1] squared) += sum_n g_n g_n^T          (EXACT: over the columns of a
+ *                                                          square root S S^T = Lambda, K - 1
+ *                                                          of them for CE (rank K - 1);
  *                                                          MC: averaged over mc_samples;
  *                                                          EMPIRICAL: true-label gradients;
  *                                                          KFRA: n * recursive average)

@@ -172,3 +172,55 @@ def test_constructor_errors_name_the_argument():
     with pytest.raises(TypeError, match=r"^theta\b"):
         net.theta = np.ones(net.num_params) + 1j
     assert np.all(np.isreal(net.theta))
+
+
+# ------------------------------------------- curvature kernels: chunks and blocks
+def _curvature_parts(net, X, y, loss, kinds, cross):
+    """diag_ggn, empirical_fisher_diag and K-FAC factors (with cross-layer
+    statistics when cross) of (X, y), as one dict of arrays."""
+    from pykfac import _core
+
+    out = {"diag": pk.diag_ggn(net, X, y, loss), "efd": pk.empirical_fisher_diag(net, X, y, loss)}
+    sizes = net.sizes
+    for name, code in kinds.items():
+        A = [np.zeros((i + 1, i + 1), dtype=net.dtype) for i in sizes[:-1]]
+        G = [np.zeros((o, o), dtype=net.dtype) for o in sizes[1:]]
+        Ac = [np.zeros((i + 1, j + 1), dtype=net.dtype) for i, j in zip(sizes[:-2], sizes[1:-1])] if cross else None
+        Gc = [np.zeros((i, j), dtype=net.dtype) for i, j in zip(sizes[1:-1], sizes[2:])] if cross else None
+        _core.kfac_factors(net, code, X, y, loss, 1, 0, A, G, Ac, Gc)
+        for l in range(len(A)):
+            out[f"{name}A{l}"], out[f"{name}G{l}"] = A[l], G[l]
+        for l in range(len(Ac or [])):
+            out[f"{name}Ac{l}"], out[f"{name}Gc{l}"] = Ac[l], Gc[l]
+    return out
+
+
+@pytest.mark.parametrize("loss,dtype", [("ce", np.float64), ("mse", np.float64), ("bce", np.float64),
+                                        ("ce", np.float32)])
+def test_curvature_kernels_across_row_chunks_and_stack_blocks(make_net, make_data, loss, dtype):
+    """diag_ggn, empirical_fisher_diag and the K-FAC factors (exact and
+    empirical, with cross-layer statistics; KFRA's A) of 1500 rows, which the kernels split into
+    several row chunks and, within each, several reverse-mode blocks (widths
+    300 and 200 make a block under 100 rows), equal the sums over batches of
+    40 rows (one chunk and one block each) up to rounding."""
+    K = 1 if loss == "bce" else 10
+    sizes = [20, 300, 200, K]
+    net = make_net(sizes, "tanh", 3, dtype)
+    X, y = make_data(loss, 1500, sizes[0], K, 4)
+    X = X.astype(dtype)
+    if loss != "ce":
+        y = y.astype(dtype)
+    kinds = {"exact": 0, "empirical": 2}
+    whole = _curvature_parts(net, X, y, loss, kinds, True)
+    parts = None
+    for i in range(0, 1500, 40):
+        p = _curvature_parts(net, X[i:i + 40], y[i:i + 40], loss, kinds, True)
+        parts = p if parts is None else {k: parts[k] + p[k] for k in p}
+    tol = 2e-5 if dtype == np.float32 else 1e-11
+    for name, value in parts.items():
+        assert whole[name].dtype == dtype, name
+        ref.assert_close(whole[name], value, tol, f"{name}: one call vs 40-row batches")
+    # KFRA's G is not a sum over batches, but its A is the same
+    kfra = _curvature_parts(net, X, y, loss, {"kfra": 3}, False)
+    for l in range(len(sizes) - 1):
+        ref.assert_close(kfra[f"kfraA{l}"], whole[f"exactA{l}"], tol, f"kfra A{l}")
