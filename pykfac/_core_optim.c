@@ -6,10 +6,15 @@
 #define OPT_MAX_LAYERS 64
 
 /* NPY_FLOAT32 if obj is a float32 array, else NPY_FLOAT64. */
-static int typenum_of(PyObject *obj)
+/* The dtype of a list or tuple of per-layer arrays: float32 when its first
+ * item is a float32 array, else float64 (other items are converted to it). */
+static int seq_typenum(PyObject *seq)
 {
-    return PyArray_Check(obj) && PyArray_TYPE((PyArrayObject *)obj) == NPY_FLOAT32 ? NPY_FLOAT32
-                                                                                    : NPY_FLOAT64;
+    PyObject *first = PyList_Check(seq) && PyList_GET_SIZE(seq) > 0     ? PyList_GET_ITEM(seq, 0)
+                      : PyTuple_Check(seq) && PyTuple_GET_SIZE(seq) > 0 ? PyTuple_GET_ITEM(seq, 0)
+                                                                        : NULL;
+    return first && PyArray_Check(first) && PyArray_TYPE((PyArrayObject *)first) == NPY_FLOAT32 ? NPY_FLOAT32
+                                                                                                : NPY_FLOAT64;
 }
 
 /* A list of per-layer arrays (read from a sequence argument, or made for a
@@ -178,9 +183,7 @@ static PyObject *py_kfac_inverse(PyObject *self, PyObject *args, PyObject *kwds)
     int64_t sizes[OPT_MAX_LAYERS + 1];
     double pi[OPT_MAX_LAYERS];
     int L = 0, rc;
-    const int typenum = PyList_Check(Ao) && PyList_Size(Ao) > 0 ? typenum_of(PyList_GET_ITEM(Ao, 0))
-                        : PyTuple_Check(Ao) && PyTuple_Size(Ao) > 0 ? typenum_of(PyTuple_GET_ITEM(Ao, 0))
-                                                                    : NPY_FLOAT64;
+    const int typenum = seq_typenum(Ao);
     const int cross = Aco != Py_None || Gco != Py_None;
     if (parse_factors(Ao, Go, "A", "G", typenum, &k.A, &k.G, sizes, &L) < 0) goto out;
     if (parse_cross_pair(Aco, Gco, "A_cross", "G_cross", L, typenum, sizes, &k.Ac, &k.Gc) < 0) goto out;
@@ -254,8 +257,7 @@ static PyObject *py_kfac_apply(PyObject *self, PyObject *args, PyObject *kwds)
     PyArrayObject *V, *R;
     int64_t sizes[OPT_MAX_LAYERS + 1];
     int L = 0, rc;
-    const int typenum = PyList_Check(KAo) && PyList_Size(KAo) > 0 ? typenum_of(PyList_GET_ITEM(KAo, 0))
-                                                                    : NPY_FLOAT64;
+    const int typenum = seq_typenum(KAo);
     const int cross = PAo != Py_None || PGo != Py_None;
     pk_call_t c;
     pk_call_init(&c, typenum);

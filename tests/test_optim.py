@@ -189,6 +189,12 @@ def test_float32_kernels_agree_with_float64():
     r32 = pk._core.kfac_apply(*inv32, v.astype(np.float32))
     assert r32.dtype == np.float32
     np.testing.assert_allclose(r32, r64, rtol=2e-3, atol=2e-4 * np.abs(r64).max())
+    # tuples of arrays carry their dtype the same way as lists
+    inv32t = pk._core.kfac_inverse(*(tuple(lst) for lst in f32), 0.5, tuple(pi))
+    assert inv32t[0][0].dtype == np.float32
+    r32t = pk._core.kfac_apply(*(tuple(x) if isinstance(x, list) else x for x in inv32t), v.astype(np.float32))
+    assert r32t.dtype == np.float32
+    np.testing.assert_array_equal(r32t, r32)
 
 
 def test_kernel_errors():
