@@ -201,6 +201,33 @@ int pk_lowrank_eigh(pk_dtype_t dtype, int64_t D, int64_t M, const void *U, void 
     return DISPATCH(lowrank_eigh_d(D, M, U, s, Q, rank), lowrank_eigh_f(D, M, U, s, Q, rank));
 }
 
+int pk_lowrank_eigh_layers(pk_dtype_t dtype, int L, const int64_t *sizes, int64_t N, int64_t Kp,
+                           const void *const *U, const void *const *A, int64_t max_rank, void *s, void *Q,
+                           int64_t *rank)
+{
+    int rc = check_dtype(dtype);
+    if (rc != PK_OK) return rc;
+    if (L < 1 || L > 64 || !sizes || !U || !A || !rank || max_rank < 1) return PK_ERR_BAD_ARG;
+    CHECK_DIMS(N, Kp, N * Kp);
+    int64_t D = 0;
+    for (int l = 0; l <= L; l++) {
+        CHECK_DIMS(sizes[l]);
+        if (l < L) {
+            CHECK_DIMS(N * Kp * sizes[l + 1], N * sizes[l], sizes[l + 1] * (sizes[l] + 1));
+            D += sizes[l + 1] * (sizes[l] + 1);
+            if (N * Kp * sizes[l + 1] > 0 && !U[l]) return PK_ERR_BAD_ARG;
+            if (N * sizes[l] > 0 && !A[l]) return PK_ERR_BAD_ARG;
+        }
+    }
+    const int64_t M = N * Kp, rcap = max_rank < M ? max_rank : M;
+    CHECK_DIMS(D, D * rcap, M * M);
+    if (M > 0 && (!s || (D > 0 && !Q))) return PK_ERR_BAD_ARG;
+    return DISPATCH(lowrank_eigh_layers_d(L, sizes, N, Kp, (const double *const *)U, (const double *const *)A,
+                                          max_rank, s, Q, rank),
+                    lowrank_eigh_layers_f(L, sizes, N, Kp, (const float *const *)U, (const float *const *)A,
+                                          max_rank, s, Q, rank));
+}
+
 int pk_lowrank_apply(pk_dtype_t dtype, int64_t D, int64_t r, const void *Q, double a0,
                      const double *d, int64_t m, const void *V, void *R)
 {

@@ -134,6 +134,22 @@ int pk_woodbury_sample(pk_dtype_t dtype, int64_t D, int64_t M, int64_t n_alpha,
 int pk_lowrank_eigh(pk_dtype_t dtype, int64_t D, int64_t M, const void *U, void *s, void *Q,
                     int64_t *rank) PK_MUST_CHECK;
 
+/* The same for an L-layer MLP's Gmat given by its layer factors, never formed:
+ * column n Kp + j (n < N, j < Kp, M = N Kp) is, layer by layer in theta order
+ * (W_l row-major, then b_l), U[l][n, j, :] (x) [A[l][n, :]; 1] with U[l]
+ * (N x Kp x sizes[l+1]) and A[l] (N x sizes[l]) row-major: per-sample
+ * Jacobian factors (pk_layer_jacobians) times square roots of the output
+ * Hessians. The Gram is sum_l (U_l U_l^T) o (A_l A_l^T + 1) and Q = Gmat C
+ * is built per layer and output unit by A_l^T V GEMMs, so the cost is
+ * O(M^2 sum_l (sizes[l] + sizes[l+1]) + M^3 + D N r) instead of O(M^2 D).
+ * At most max_rank >= 1 eigenpairs (the largest) are kept: Q is a buffer of
+ * D x min(M, max_rank) values whose first D r get the compact (D x r) result.
+ * Scratch 3 M^2 + N^2 values and up to 2^24 for the expansion. When M > D,
+ * Gmat (D x M) is formed and U U^T decomposed as above. */
+int pk_lowrank_eigh_layers(pk_dtype_t dtype, int L, const int64_t *sizes, int64_t N, int64_t Kp,
+                           const void *const *U, const void *const *A, int64_t max_rank, void *s, void *Q,
+                           int64_t *rank) PK_MUST_CHECK;
+
 /* R (D x m) = a0 V + Q diag(d) Q^T V for Q (D x r), d (r, double): every
  * spectral function of a0' I + Q diag(s) Q^T (Q orthonormal), e.g. its inverse
  * with a0 = 1/a0', d_i = 1/(a0' + s_i) - 1/a0'. R may not alias V.

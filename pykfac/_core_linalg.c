@@ -281,6 +281,98 @@ static PyObject *py_lowrank_eigh(PyObject *self, PyObject *args, PyObject *kwds)
     return pk_call_release(&c, Py_BuildValue("(OOL)", s, Q, (long long)rank));
 }
 
+/* lowrank_eigh_layers(U, A, max_rank): the per-layer lists U[l] (N, Kp, out_l)
+ * and A[l] (N, in_l), with in_{l+1} = out_l, held here (up to 64 layers each,
+ * more than a pk_call_t holds). */
+#define LR_MAX_LAYERS 64
+
+static int lr_layers(PyObject *seq, const char *name, int *L)
+{
+    if (!PyList_Check(seq) && !PyTuple_Check(seq)) {
+        PyErr_Format(PyExc_TypeError, "%s: expected a list of arrays, got %s", name, Py_TYPE(seq)->tp_name);
+        return -1;
+    }
+    Py_ssize_t n = PySequence_Size(seq);
+    if (n < 1 || n > LR_MAX_LAYERS || (*L > 0 && n != *L)) {
+        PyErr_Format(PyExc_ValueError, "%s: expected %s arrays (one per layer), got %zd", name,
+                     *L > 0 ? "as many" : "1 to 64", n);
+        return -1;
+    }
+    *L = (int)n;
+    return 0;
+}
+
+static PyObject *py_lowrank_eigh_layers(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"U", "A", "max_rank", NULL};
+    PyObject *Uo, *Ao, *result = NULL;
+    Py_ssize_t max_rank;
+    PyArrayObject *Ua[LR_MAX_LAYERS] = {0}, *Aa[LR_MAX_LAYERS] = {0}, *s = NULL, *Q = NULL;
+    const void *Up[LR_MAX_LAYERS], *Ap[LR_MAX_LAYERS];
+    int64_t sizes[LR_MAX_LAYERS + 1], rank = 0;
+    int L = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOn:lowrank_eigh_layers", kwlist, &Uo, &Ao, &max_rank))
+        return NULL;
+    if (lr_layers(Uo, "U", &L) < 0 || lr_layers(Ao, "A", &L) < 0) return NULL;
+    if (max_rank < 1) {
+        PyErr_Format(PyExc_ValueError, "max_rank: expected an int >= 1, got %zd", max_rank);
+        return NULL;
+    }
+    PyObject *first = PySequence_GetItem(Uo, 0);
+    if (!first) return NULL;
+    const int typenum = PyArray_Check(first) && PyArray_TYPE((PyArrayObject *)first) == NPY_FLOAT32 ? NPY_FLOAT32
+                                                                                                     : NPY_FLOAT64;
+    Py_DECREF(first);
+    npy_intp N = -1, Kp = -1;
+    for (int l = 0; l < L; l++) {
+        char name[32];
+        PyObject *u = PySequence_GetItem(Uo, l), *a = PySequence_GetItem(Ao, l);
+        if (u && a) {
+            npy_intp ushape[3] = {N, Kp, -1}, ashape[2] = {N, l > 0 ? (npy_intp)sizes[l] : -1};
+            snprintf(name, sizeof name, "U[%d]", l);
+            Ua[l] = pk_arg_array(u, name, PK_ARG_REAL, typenum, 3, ushape, 1);
+            snprintf(name, sizeof name, "A[%d]", l);
+            if (Ua[l]) {
+                ashape[0] = PyArray_DIM(Ua[l], 0);
+                Aa[l] = pk_arg_array(a, name, PK_ARG_REAL, typenum, 2, ashape, 1);
+            }
+        }
+        Py_XDECREF(u);
+        Py_XDECREF(a);
+        if (!Ua[l] || !Aa[l]) goto out;
+        N = PyArray_DIM(Ua[l], 0);
+        Kp = PyArray_DIM(Ua[l], 1);
+        sizes[l] = PyArray_DIM(Aa[l], 1);
+        sizes[l + 1] = PyArray_DIM(Ua[l], 2);
+        Up[l] = PyArray_DATA(Ua[l]);
+        Ap[l] = PyArray_DATA(Aa[l]);
+    }
+    double D = 0, M = (double)N * (double)Kp;
+    for (int l = 0; l < L; l++) D += (double)sizes[l + 1] * (double)(sizes[l] + 1);
+    const double rcap = (double)max_rank < M ? (double)max_rank : M;
+    const double item = typenum == NPY_FLOAT32 ? 4.0 : 8.0;
+    if (pk_check_memory(item * (D * rcap + (M > D ? D * M + 2 * D * D : 3 * M * M + (double)N * N)),
+                        "lowrank_eigh_layers"))
+        goto out;
+    npy_intp sd[1] = {(npy_intp)M}, qd[2] = {(npy_intp)D, (npy_intp)rcap};
+    s = (PyArrayObject *)PyArray_SimpleNew(1, sd, typenum);
+    Q = s ? (PyArrayObject *)PyArray_SimpleNew(2, qd, typenum) : NULL;
+    if (!Q) goto out;
+    int rc;
+    PK_RUN_NOGIL(rc, pk_lowrank_eigh_layers(pk_dtype_of(typenum), L, sizes, N, Kp, Up, Ap, max_rank,
+                                            PyArray_DATA(s), PyArray_DATA(Q), &rank));
+    if (rc) pk_raise(rc, "lowrank_eigh_layers");
+    else result = Py_BuildValue("(OOL)", s, Q, (long long)rank);
+out:
+    for (int l = 0; l < L; l++) {
+        Py_XDECREF(Ua[l]);
+        Py_XDECREF(Aa[l]);
+    }
+    Py_XDECREF(s);
+    Py_XDECREF(Q);
+    return result;
+}
+
 static PyObject *py_lowrank_apply(PyObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"Q", "a0", "d", "V", NULL};
@@ -698,6 +790,9 @@ PyMethodDef pk_linalg_methods[] = {
                  "woodbury_sample(alpha, Gmat, n, seed) -> (n, D)\n\nDraws of N(0, (diag(alpha) + Gmat Gmat^T)^-1)."),
     PK_KW_METHOD("lowrank_eigh", py_lowrank_eigh,
                  "lowrank_eigh(Gmat) -> (s, Q, rank)\n\nGmat Gmat^T = Q diag(s) Q^T, s descending, first `rank` used."),
+    PK_KW_METHOD("lowrank_eigh_layers", py_lowrank_eigh_layers,
+                 "lowrank_eigh_layers(U, A, max_rank) -> (s, Q, rank)\n\nlowrank_eigh of the Gmat whose column n Kp + j "
+                 "is U[l][n, j] (x) [A[l][n]; 1] per layer, never formed; at most max_rank eigenpairs."),
     PK_KW_METHOD("lowrank_apply", py_lowrank_apply,
                  "lowrank_apply(Q, a0, d, V) -> R\n\nR = a0 V + Q diag(d) Q^T V."),
     PK_KW_METHOD("lowrank_quad", py_lowrank_quad,

@@ -905,7 +905,9 @@ class Laplace:
         -----
         Curvature of the SUMMED loss over all batches. ``"kron"`` eigendecomposes
         every factor here, once; ``"lowrank"`` eigendecomposes ``Gmat Gmatᵀ``
-        through the Gram matrix of ``Gmat`` (D x N K, held in memory).
+        through the Gram matrix of ``Gmat`` (D x N K), which it builds from the
+        per-sample Jacobians' layer factors without forming ``Gmat`` or the
+        Jacobians (memory: the N K x N K Gram and the D x r eigenvectors).
         """
         if self.net is None:
             raise RuntimeError("Laplace: built from Jacobians; there is no network to fit")
@@ -945,12 +947,18 @@ class Laplace:
                 loss_total += _core.kfac_factors(model, KFAC_KINDS[self.kind], Z, y, lossname,
                                                  self.mc_samples, bseed, A, G, None, None)
             else:
-                J = jacobian(model, Z)
+                # Gmat in factored form: per layer, column (n, j) is
+                # (sum_k S_n[k, j] G_n[k, :]) (x) [a_n; 1] (never formed)
                 S = output_curvature(model, Z, lossname).sqrt
-                if D * (sum(u.shape[1] for u in Us) + J.shape[0] * J.shape[1]) > _LOWRANK_MAX:
-                    raise MemoryError(f"structure='lowrank': Gmat would hold more than {_LOWRANK_MAX} "
-                                      f"values (D = {D}); use subset='last_layer' or fewer data")
-                Us.append(_la.ggn_factor(J, S=S))
+                Gs, As = _core.layer_jacobians(model, Z)
+                M = S.shape[2] * (X.shape[0] + n_total)
+                r = M if self.rank is None else min(M, self.rank)
+                if D * r > _LOWRANK_MAX or M * M > _LOWRANK_MAX:
+                    raise MemoryError(f"structure='lowrank': the eigenvectors (D x r = {D} x {r}) or the Gram "
+                                      f"matrix ({M} x {M}) would hold more than {_LOWRANK_MAX} values; "
+                                      "pass rank=, use subset='last_layer' or fewer data")
+                St = np.ascontiguousarray(S.transpose(0, 2, 1))
+                Us.append(([np.matmul(St, g) for g in Gs], As))
                 loss_total += _loss_value(model, Z, y, lossname)
             n_total += X.shape[0]
         if self.structure == "full":
@@ -963,9 +971,15 @@ class Laplace:
             K = KronCurvature(A, G, model.sizes, num_data=n_total, kind=self.kind)
             post = _KronPosterior(K, self._offsets, self.kron_damping)
         else:
-            U = Us[0] if len(Us) == 1 else np.hstack(Us)
-            s, Q = _la.lowrank_eigh(U, rank=self.rank)
-            post = _LowRankPosterior(s, Q, self._offsets)
+            if len(Us) == 1:
+                U, A = Us[0]
+            else:  # the batches' factors stacked, layer by layer
+                U = [np.concatenate(f) for f in zip(*(u for u, _ in Us))]
+                A = [np.concatenate(f) for f in zip(*(a for _, a in Us))]
+            M = U[0].shape[0] * U[0].shape[1]
+            s, Qbuf, r = _core.lowrank_eigh_layers(U, A, M if self.rank is None else self.rank)
+            Q = Qbuf.reshape(-1)[:D * r].reshape(D, r)  # compact (D, r) block, no copy
+            post = _LowRankPosterior(s[:r].copy(), Q, self._offsets)
         self._post = post
         self.loss = float(loss_total)
         self.n_data = n_total

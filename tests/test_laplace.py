@@ -212,6 +212,18 @@ def test_lowrank_rank_truncation():
     assert low.log_marginal_likelihood() != pytest.approx(full.log_marginal_likelihood())
 
 
+def test_lowrank_memory_guard_names_rank(monkeypatch):
+    """Beyond the element limit, fit refuses with a MemoryError that points to
+    rank=; with rank= the eigenvectors stay within it and the fit goes ahead."""
+    net, X, y = make("classification", N=10)
+    D, M = net.num_params, 10 * net.sizes[-1]
+    monkeypatch.setattr(laplace_module, "_LOWRANK_MAX", D * (M - 1))
+    with pytest.raises(MemoryError, match=r"lowrank.*pass rank="):
+        pk.Laplace(net, "classification", "lowrank").fit([(X[:5], y[:5]), (X[5:], y[5:])])
+    low = pk.Laplace(net, "classification", "lowrank", rank=4).fit([(X[:5], y[:5]), (X[5:], y[5:])])
+    assert low._post.Q.shape == (D, 4)
+
+
 # ---------------------------------------------------------------------------
 # log marginal likelihood
 # ---------------------------------------------------------------------------

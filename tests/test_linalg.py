@@ -434,6 +434,71 @@ def test_lowrank_eigh_wide():
     np.testing.assert_allclose(Q.T @ Q, np.eye(5), atol=1e-12)
 
 
+def _gmat_from_layer_factors(U, A):
+    """Gmat (D, N Kp) written out from layer factors: column n Kp + j holds, per
+    layer in theta order, U[l][n, j] (x) [A[l][n]; 1]."""
+    N, Kp = U[0].shape[:2]
+    rows = []
+    for u, a in zip(U, A):
+        rows.append(np.einsum("njo,ni->oinj", u, a).reshape(-1, N * Kp))  # W_l, row-major
+        rows.append(u.transpose(2, 0, 1).reshape(-1, N * Kp))  # b_l
+    return np.concatenate(rows)
+
+
+@pytest.mark.parametrize("sizes,N,Kp,dtype", [([6, 7, 5, 3], 4, 3, np.float64), ([4, 5, 2], 9, 1, np.float64),
+                                               ([6, 7, 5, 3], 4, 3, np.float32), ([2, 2], 9, 2, np.float64)])
+def test_lowrank_eigh_layers_matches_the_dense_gmat(sizes, N, Kp, dtype):
+    """The factored eigendecomposition (never forming Gmat; the last case has
+    more columns than rows, where Gmat is formed) equals lowrank_eigh of the
+    dense Gmat, keeps the largest max_rank pairs, and leaves its inputs alone."""
+    from pykfac import _core
+
+    r = rng_(31)
+    U = [r.standard_normal((N, Kp, o)).astype(dtype) for o in sizes[1:]]
+    A = [r.standard_normal((N, i)).astype(dtype) for i in sizes[:-1]]
+    copies = [x.copy() for x in U + A]
+    G = _gmat_from_layer_factors(U, A)
+    D, M = G.shape
+    s_ref, Q_ref = la.lowrank_eigh(G)
+    s, Qbuf, rank = _core.lowrank_eigh_layers(U, A, M)
+    assert s.dtype == dtype and Qbuf.dtype == dtype
+    Q = Qbuf.reshape(-1)[:D * rank].reshape(D, rank)
+    tol = 1e-12 if dtype == np.float64 else 2e-6
+    assert rank == s_ref.shape[0]
+    np.testing.assert_allclose(s[:rank], s_ref, rtol=tol * 10, atol=tol * s_ref[0])
+    np.testing.assert_allclose(Q.T @ Q, np.eye(rank), atol=tol * 10)
+    GG = (G.astype(np.float64) @ G.T.astype(np.float64))
+    np.testing.assert_allclose((Q * s[:rank]) @ Q.T, GG, atol=tol * np.abs(GG).max())
+    s2, Q2buf, rank2 = _core.lowrank_eigh_layers(U, A, 2)
+    assert rank2 == 2 and Q2buf.shape == (D, 2)
+    np.testing.assert_array_equal(s2[:2], s[:2])
+    np.testing.assert_allclose(np.abs(Q2buf.T @ Q[:, :2]), np.eye(2), atol=tol * 10)
+    for x, c in zip(U + A, copies):
+        np.testing.assert_array_equal(x, c)
+
+
+def test_lowrank_eigh_layers_errors():
+    from pykfac import _core
+
+    r = rng_(32)
+    U = [r.standard_normal((3, 2, 5)), r.standard_normal((3, 2, 4))]
+    A = [r.standard_normal((3, 6)), r.standard_normal((3, 5))]
+    with pytest.raises(ValueError, match=r"^A\[1\]: expected shape \(3, 5\)"):
+        _core.lowrank_eigh_layers(U, [A[0], A[1][:, :4]], 4)
+    with pytest.raises(ValueError, match=r"^U\[1\]: expected shape \(3, 2, N\), got \(2, 2, 4\)"):
+        _core.lowrank_eigh_layers([U[0], U[1][:2]], A, 4)
+    with pytest.raises(ValueError, match=r"^A: expected as many arrays"):
+        _core.lowrank_eigh_layers(U, A[:1], 4)
+    with pytest.raises(TypeError, match=r"^U: expected a list of arrays"):
+        _core.lowrank_eigh_layers(U[0], A, 4)
+    with pytest.raises(ValueError, match=r"^max_rank: expected an int >= 1"):
+        _core.lowrank_eigh_layers(U, A, 0)
+    bad = A[0].copy()
+    bad[1, 2] = np.nan
+    with pytest.raises(ValueError, match=r"^A\[0\]: contains NaN or Inf"):
+        _core.lowrank_eigh_layers(U, [bad, A[1]], 4)
+
+
 def test_memory_layouts_give_the_contiguous_result():
     """F-order, strided, read-only and integer inputs equal the C-contiguous float64 call."""
     r = rng_(18)
