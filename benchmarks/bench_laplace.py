@@ -15,8 +15,10 @@ Rows (structure, subset):
   kron / all         K-FAC (exact, KFLR) of every layer, eigendecomposed once
   diag / all         exact GGN diagonal
   full / last_layer  exact GGN of the last layer (D = 2570), Cholesky/eigh
-  lowrank / all      Gmat Gmat^T from per-sample Jacobians times S on the first
-                     --lowrank-n samples (M = n K columns; D x M in memory)
+  lowrank / all      Gmat Gmat^T, Gmat = per-sample Jacobians times S, on the
+                     first --lowrank-n samples (M = n K columns), from the layer
+                     factors (neither Gmat nor the Jacobians formed; D x r
+                     eigenvectors in memory); no laplace-torch counterpart
 
 laplace-torch runs with --peer-backend (default BackPACK's GGN, which for
 these rows is much faster than its default curvlinops backend).

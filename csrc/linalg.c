@@ -203,7 +203,7 @@ int pk_lowrank_eigh(pk_dtype_t dtype, int64_t D, int64_t M, const void *U, void 
 
 int pk_lowrank_eigh_layers(pk_dtype_t dtype, int L, const int64_t *sizes, int64_t N, int64_t Kp,
                            const void *const *U, const void *const *A, int64_t max_rank, void *s, void *Q,
-                           int64_t *rank)
+                           void *C, int64_t *rank)
 {
     int rc = check_dtype(dtype);
     if (rc != PK_OK) return rc;
@@ -223,9 +223,33 @@ int pk_lowrank_eigh_layers(pk_dtype_t dtype, int L, const int64_t *sizes, int64_
     CHECK_DIMS(D, D * rcap, M * M);
     if (M > 0 && (!s || (D > 0 && !Q))) return PK_ERR_BAD_ARG;
     return DISPATCH(lowrank_eigh_layers_d(L, sizes, N, Kp, (const double *const *)U, (const double *const *)A,
-                                          max_rank, s, Q, rank),
+                                          max_rank, s, Q, C, rank),
                     lowrank_eigh_layers_f(L, sizes, N, Kp, (const float *const *)U, (const float *const *)A,
-                                          max_rank, s, Q, rank));
+                                          max_rank, s, Q, C, rank));
+}
+
+int pk_lowrank_jq_layers(pk_dtype_t dtype, int L, const int64_t *sizes, int64_t Nx, int64_t K,
+                         const void *const *Gx, const void *const *Axb, int64_t N, int64_t Kp,
+                         const void *const *U, const void *const *A, const double *w, int64_t r, const void *C,
+                         void *out)
+{
+    int rc = check_dtype(dtype);
+    if (rc != PK_OK) return rc;
+    if (L < 1 || L > 64 || !sizes || !Gx || !Axb || !U || !A) return PK_ERR_BAD_ARG;
+    CHECK_DIMS(Nx, K, N, Kp, r, N * Kp, Nx * K * r, (N * Kp) * r);
+    for (int l = 0; l < L; l++) {
+        CHECK_DIMS(sizes[l], sizes[l + 1], Nx * K * sizes[l + 1], Nx * (sizes[l] + 1), N * Kp * sizes[l + 1],
+                   N * sizes[l]);
+        if ((Nx * K * sizes[l + 1] > 0 && !Gx[l]) || (Nx > 0 && !Axb[l]) ||
+            (N * Kp * sizes[l + 1] > 0 && !U[l]) || (N * sizes[l] > 0 && !A[l]))
+            return PK_ERR_BAD_ARG;
+        if (w && !isfinite(w[l])) return PK_ERR_BAD_ARG;
+    }
+    if (Nx * K * r > 0 && (!out || (N * Kp > 0 && !C))) return PK_ERR_BAD_ARG;
+    return DISPATCH(lowrank_jq_layers_d(L, sizes, Nx, K, (const double *const *)Gx, (const double *const *)Axb, N,
+                                        Kp, (const double *const *)U, (const double *const *)A, w, r, C, out),
+                    lowrank_jq_layers_f(L, sizes, Nx, K, (const float *const *)Gx, (const float *const *)Axb, N,
+                                        Kp, (const float *const *)U, (const float *const *)A, w, r, C, out));
 }
 
 int pk_lowrank_apply(pk_dtype_t dtype, int64_t D, int64_t r, const void *Q, double a0,

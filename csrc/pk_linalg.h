@@ -145,10 +145,24 @@ int pk_lowrank_eigh(pk_dtype_t dtype, int64_t D, int64_t M, const void *U, void 
  * At most max_rank >= 1 eigenpairs (the largest) are kept: Q is a buffer of
  * D x min(M, max_rank) values whose first D r get the compact (D x r) result.
  * Scratch 3 M^2 + N^2 values and up to 2^24 for the expansion. When M > D,
- * Gmat (D x M) is formed and U U^T decomposed as above. */
+ * Gmat (D x M) is formed and U U^T decomposed as above. C (may be NULL), a
+ * buffer like Q of M x min(M, max_rank) values, gets the compact (M x r)
+ * coefficients with Q = Gmat C, which pk_lowrank_jq_layers takes. */
 int pk_lowrank_eigh_layers(pk_dtype_t dtype, int L, const int64_t *sizes, int64_t N, int64_t Kp,
                            const void *const *U, const void *const *A, int64_t max_rank, void *s, void *Q,
-                           int64_t *rank) PK_MUST_CHECK;
+                           void *C, int64_t *rank) PK_MUST_CHECK;
+
+/* out (Nx x K x r) = J(x) diag(w) Q for Q = Gmat C as above (U, A, N, Kp,
+ * C (M x r)), where J(x) is given by the layer factors of Nx inputs: Gx[l]
+ * (Nx x K x sizes[l+1]) and Axb[l] (Nx x (sizes[l] + 1), its last column the
+ * bias's 1, not read), and w (L values, NULL: all 1) weighs the layers. Through
+ * the kernel sum_l w_l (Gx_l U_l^T) o (Ax_l A_l^T + 1) (K x M per input):
+ * cost O(Nx K M (sum(sizes[1:]) + r) + Nx N sum(sizes[:-1])), where J(x) Q by
+ * forward mode costs O(Nx D r). Scratch about 2^22 values. */
+int pk_lowrank_jq_layers(pk_dtype_t dtype, int L, const int64_t *sizes, int64_t Nx, int64_t K,
+                         const void *const *Gx, const void *const *Axb, int64_t N, int64_t Kp,
+                         const void *const *U, const void *const *A, const double *w, int64_t r, const void *C,
+                         void *out) PK_MUST_CHECK;
 
 /* R (D x m) = a0 V + Q diag(d) Q^T V for Q (D x r), d (r, double): every
  * spectral function of a0' I + Q diag(s) Q^T (Q orthonormal), e.g. its inverse

@@ -50,10 +50,12 @@ STRUCTURES = ("full", "diag", "kron", "lowrank")
 SUBSETS = ("all", "last_layer")
 PRED_TYPES = ("glm", "nn")
 LINK_APPROXES = ("probit", "mc", "bridge")
-# save files: version 2 added posteriors built by from_jacobians; version 1 files
-# (always from a network) have the same layout and still load
-FORMAT_VERSION = 2
-_READ_VERSIONS = (1, 2)
+# save files: version 2 added posteriors built by from_jacobians, version 3 the
+# low-rank posterior's Gmat factors (older low-rank files load without them and
+# use forward-mode products); version 1 files (always from a network) have the
+# same layout and still load
+FORMAT_VERSION = 3
+_READ_VERSIONS = (1, 2, 3)
 _FILE_FORMAT = "pykfac-laplace"
 
 # pk_fisher_t codes of the diagonal kinds (as pk.diag_ggn / pk.empirical_fisher_diag)
@@ -516,18 +518,45 @@ class _KronPosterior(_Posterior):
 class _LowRankPosterior(_Posterior):
     structure = "lowrank"
 
-    def __init__(self, s, Q, offsets):
+    def __init__(self, s, Q, offsets, gmat=None):
+        """gmat: None, or the factors (U, A, C) of Gmat and Q = Gmat C (see
+        fit), for J Q through the kernel J Gmat in the predictive."""
         super().__init__(Q.shape[0], Q.dtype, offsets)
-        self.s, self.Q = s, Q
+        self.s, self.Q, self.gmat = s, Q, gmat
         self._s64 = s.astype(np.float64)
         self.rank = s.shape[0]
 
     def state(self):
-        return {"s": self.s, "Q": self.Q}
+        st = {"s": self.s, "Q": self.Q}
+        if self.gmat is not None:
+            U, A, C = self.gmat
+            st["gC"] = C
+            for l, (u, a) in enumerate(zip(U, A)):
+                st[f"gU{l}"], st[f"gA{l}"] = u, a
+        return st
 
     @classmethod
     def from_state(cls, st, offsets, meta):
-        return cls(st["s"], st["Q"], offsets)
+        gmat = None
+        if "gC" in st:
+            L = len(offsets) - 1
+            U, A, C = [st[f"gU{l}"] for l in range(L)], [st[f"gA{l}"] for l in range(L)], st["gC"]
+            if C.shape[0] != U[0].shape[0] * U[0].shape[1]:
+                raise ValueError(f"gC: expected {U[0].shape[0] * U[0].shape[1]} rows, got {C.shape[0]}")
+            gmat = (U, A, C)
+        return cls(st["s"], st["Q"], offsets, gmat)
+
+    def _jq(self, jac, layer_weights=None):
+        """J diag(w) Q (N, K, r) with w constant per layer (None: 1): through the
+        kernel J Gmat when Gmat's factors are known, else by forward mode."""
+        if self.gmat is not None and jac.has_factors:
+            U, A, C = self.gmat
+            F = jac.factors()
+            return _core.lowrank_jq_layers([g for g, _ in F], [a for _, a in F], U, A, layer_weights, C)
+        if layer_weights is None:
+            return jac.times(self.Q)
+        w = np.repeat(np.asarray(layer_weights), np.diff(self.offsets)).astype(self.dtype)
+        return jac.times(np.ascontiguousarray(self.Q * w[:, None]))
 
     def _U(self, c):
         return self.Q * np.sqrt(c * self._s64).astype(self.dtype)
@@ -588,12 +617,16 @@ class _LowRankPosterior(_Posterior):
         if prior.kind == "scalar":
             a0, dv = self._spectral(c, prior.values[0], -1.0)
             fv = self._layer_diag_quad(jac, np.full(self.D, a0))
-            return fv + _core.diag_quad(jac.times(self.Q), dv)
+            return fv + _core.diag_quad(self._jq(jac), dv)
         ainv = 1.0 / prior.diag
         V = np.ascontiguousarray(self._U(c) * ainv[:, None].astype(self.dtype))
         Cap = np.eye(self.rank) + self._U(c).T.astype(np.float64) @ V.astype(np.float64)
         e, E = np.linalg.eigh(Cap)
-        JVE = np.ascontiguousarray(jac.times(V) @ E.astype(self.dtype))
+        if prior.kind == "layer":  # V = diag(ainv) Q diag(sqrt(c s)), ainv constant per layer
+            JV = self._jq(jac, 1.0 / prior.values) * np.sqrt(c * self._s64).astype(self.dtype)
+        else:
+            JV = jac.times(V)
+        JVE = np.ascontiguousarray(JV @ E.astype(self.dtype))
         return self._layer_diag_quad(jac, ainv) - _core.diag_quad(JVE, 1.0 / e)
 
     def precision_dense(self, c, prior):
@@ -977,9 +1010,10 @@ class Laplace:
                 U = [np.concatenate(f) for f in zip(*(u for u, _ in Us))]
                 A = [np.concatenate(f) for f in zip(*(a for _, a in Us))]
             M = U[0].shape[0] * U[0].shape[1]
-            s, Qbuf, r = _core.lowrank_eigh_layers(U, A, M if self.rank is None else self.rank)
-            Q = Qbuf.reshape(-1)[:D * r].reshape(D, r)  # compact (D, r) block, no copy
-            post = _LowRankPosterior(s[:r].copy(), Q, self._offsets)
+            s, Qbuf, Cbuf, r = _core.lowrank_eigh_layers(U, A, M if self.rank is None else self.rank)
+            Q = Qbuf.reshape(-1)[:D * r].reshape(D, r)  # compact (D, r) blocks, no copy
+            C = Cbuf.reshape(-1)[:M * r].reshape(M, r)
+            post = _LowRankPosterior(s[:r].copy(), Q, self._offsets, (U, A, C))
         self._post = post
         self.loss = float(loss_total)
         self.n_data = n_total
@@ -1526,6 +1560,8 @@ class Laplace:
             "offsets": [int(o) for o in self._offsets], "D": int(self._offsets[-1]),
             # full + scalar prior after optimize_prior_precision: log-dets from the eigenvalues
             "prefer_eig": bool(getattr(self._post, "prefer_eig", False)),
+            # low rank: the file holds Gmat's factors (version 3)
+            "lowrank_factors": getattr(self._post, "gmat", None) is not None,
         }
         if self._from_jac:
             meta["has_theta_map"] = self._theta_map is not None
@@ -1584,6 +1620,14 @@ class Laplace:
         elif structure == "lowrank":
             spec["post_s"] = (("rank",), dtype)
             spec["post_Q"] = ((D, "rank"), dtype)
+            factors = meta.get("lowrank_factors", False)
+            if not isinstance(factors, bool) or (factors and sizes is None):
+                raise ValueError(f"lowrank_factors: expected a bool (false without a network), got {factors!r}")
+            if factors:
+                spec["post_gC"] = (("gmat_columns", "rank"), dtype)
+                for l, (i, o) in enumerate(zip(sizes[:-1], sizes[1:])):
+                    spec[f"post_gU{l}"] = (("gmat_samples", "gmat_outputs", o), dtype)
+                    spec[f"post_gA{l}"] = (("gmat_samples", i), dtype)
         else:
             for l, (i, o) in enumerate(zip(sizes[:-1], sizes[1:])):
                 q = i + 1
@@ -1599,9 +1643,9 @@ class Laplace:
         architecture and MAP parameters (or, for a posterior built by
         :meth:`from_jacobians`, its layer sizes and ``theta_map``), the prior,
         and the structure's arrays (GGN, diagonal, Kronecker factors with
-        their eigendecompositions, or the low-rank eigenpairs), with a SHA-256
-        checksum over the metadata and every array. Loading gives bit-identical
-        results.
+        their eigendecompositions, or the low-rank eigenpairs with Gmat's
+        layer factors), with a SHA-256 checksum over the metadata and every
+        array. Loading gives bit-identical results.
         """
         self._check_fit()
         arrays = {"prior_precision": self._prior.values, "prior_mean": self._prior_mean}

@@ -460,21 +460,39 @@ def test_lowrank_eigh_layers_matches_the_dense_gmat(sizes, N, Kp, dtype):
     G = _gmat_from_layer_factors(U, A)
     D, M = G.shape
     s_ref, Q_ref = la.lowrank_eigh(G)
-    s, Qbuf, rank = _core.lowrank_eigh_layers(U, A, M)
-    assert s.dtype == dtype and Qbuf.dtype == dtype
+    s, Qbuf, Cbuf, rank = _core.lowrank_eigh_layers(U, A, M)
+    assert s.dtype == dtype and Qbuf.dtype == dtype and Cbuf.dtype == dtype
     Q = Qbuf.reshape(-1)[:D * rank].reshape(D, rank)
+    C = Cbuf.reshape(-1)[:M * rank].reshape(M, rank)
     tol = 1e-12 if dtype == np.float64 else 2e-6
     assert rank == s_ref.shape[0]
     np.testing.assert_allclose(s[:rank], s_ref, rtol=tol * 10, atol=tol * s_ref[0])
     np.testing.assert_allclose(Q.T @ Q, np.eye(rank), atol=tol * 10)
     GG = (G.astype(np.float64) @ G.T.astype(np.float64))
     np.testing.assert_allclose((Q * s[:rank]) @ Q.T, GG, atol=tol * np.abs(GG).max())
-    s2, Q2buf, rank2 = _core.lowrank_eigh_layers(U, A, 2)
-    assert rank2 == 2 and Q2buf.shape == (D, 2)
+    np.testing.assert_allclose(G @ C, Q, atol=tol * 100)  # the coefficients behind Q
+    s2, Q2buf, C2buf, rank2 = _core.lowrank_eigh_layers(U, A, 2)
+    assert rank2 == 2 and Q2buf.shape == (D, 2) and C2buf.shape == (M, 2)
     np.testing.assert_array_equal(s2[:2], s[:2])
     np.testing.assert_allclose(np.abs(Q2buf.T @ Q[:, :2]), np.eye(2), atol=tol * 10)
+    np.testing.assert_allclose(G @ C2buf, Q2buf, atol=tol * 100)
     for x, c in zip(U + A, copies):
         np.testing.assert_array_equal(x, c)
+
+    # J(x) diag(w) Q through the kernel, against the written-out Jacobians of test rows
+    Nx, K = 5, 4
+    Gx = [r.standard_normal((Nx, K, o)).astype(dtype) for o in sizes[1:]]
+    Ax = [r.standard_normal((Nx, i)).astype(dtype) for i in sizes[:-1]]
+    Axb = [np.concatenate([a, np.full((Nx, 1), 7.0, dtype)], axis=1) for a in Ax]  # bias column: not read
+    J = np.concatenate([np.concatenate([np.einsum("tko,ti->tkoi", g, a).reshape(Nx, K, -1), g], axis=2)
+                        for g, a in zip(Gx, Ax)], axis=2)
+    w = np.linspace(0.5, 2.0, len(sizes) - 1)
+    wD = np.repeat(w, [o * (i + 1) for i, o in zip(sizes[:-1], sizes[1:])])
+    for weights, scale in ((None, np.ones(D)), (w, wD)):
+        got = _core.lowrank_jq_layers(Gx, Axb, U, A, weights, C)
+        assert got.dtype == dtype and got.shape == (Nx, K, rank)
+        want = np.einsum("tkd,d,dr->tkr", J.astype(np.float64), scale, Q.astype(np.float64))
+        np.testing.assert_allclose(got, want, atol=tol * 100 * np.abs(want).max())
 
 
 def test_lowrank_eigh_layers_errors():
@@ -497,6 +515,20 @@ def test_lowrank_eigh_layers_errors():
     bad[1, 2] = np.nan
     with pytest.raises(ValueError, match=r"^A\[0\]: contains NaN or Inf"):
         _core.lowrank_eigh_layers(U, [bad, A[1]], 4)
+    C = _core.lowrank_eigh_layers(U, A, 6)[2]
+    Gx = [r.standard_normal((2, 3, 5)), r.standard_normal((2, 3, 4))]
+    Axb = [r.standard_normal((2, 7)), r.standard_normal((2, 6))]
+    assert _core.lowrank_jq_layers(Gx, Axb, U, A, None, C).shape == (2, 3, 6)
+    with pytest.raises(ValueError, match=r"^Axb\[1\]: expected shape \(2, 6\), got \(2, 5\)"):
+        _core.lowrank_jq_layers(Gx, [Axb[0], Axb[1][:, :5]], U, A, None, C)
+    with pytest.raises(ValueError, match=r"^Gx\[1\]: expected shape \(2, 3, 4\)"):
+        _core.lowrank_jq_layers([Gx[0], Gx[1][:, :2]], Axb, U, A, None, C)
+    with pytest.raises(ValueError, match=r"^C: expected shape \(6, N\), got \(5, 6\)"):
+        _core.lowrank_jq_layers(Gx, Axb, U, A, None, C[:5])
+    with pytest.raises(ValueError, match=r"^w: expected shape \(2,\)"):
+        _core.lowrank_jq_layers(Gx, Axb, U, A, [1.0], C)
+    with pytest.raises(ValueError, match=r"^w: contains NaN or Inf"):
+        _core.lowrank_jq_layers(Gx, Axb, U, A, [1.0, np.inf], C)
 
 
 def test_memory_layouts_give_the_contiguous_result():

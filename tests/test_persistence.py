@@ -300,20 +300,49 @@ def test_laplace_round_trip_after_prior_optimisation(tmp_path, structure):
 
 def test_laplace_file_layout_and_version_1(tmp_path):
     """A version-1 file (the previous layout: no 'source', always a network)
-    still loads, bit-exactly; files are written as version 2."""
+    still loads, bit-exactly; files are written as version 3."""
     la, net, X = fitted_laplace("kron", prior_precision=[0.5, 1.0, 2.0])
     la.save(tmp_path / "la.npz")
     meta, arrays, digest = read_raw(tmp_path / "la.npz")
-    assert meta["format"] == "pykfac-laplace" and meta["version"] == 2 and meta["source"] == "net"
+    assert meta["format"] == "pykfac-laplace" and meta["version"] == 3 and meta["source"] == "net"
     assert digest == sha256_of(json.dumps(meta, sort_keys=True), arrays)
-    v1 = {k: v for k, v in meta.items() if k not in ("source", "prefer_eig")}
+    v1 = {k: v for k, v in meta.items() if k not in ("source", "prefer_eig", "lowrank_factors")}
     v1["version"] = 1
     write_raw(tmp_path / "v1.npz", v1, arrays)
     assert_same_outputs(laplace_outputs(la, X), laplace_outputs(pk.Laplace.load(tmp_path / "v1.npz"), X))
-    # a version-1 file claiming to come from Jacobians is not version 1
     meta, arrays, _ = read_raw(tmp_path / "la.npz")
-    write_raw(tmp_path / "v3.npz", {**meta, "version": 3}, arrays)
-    refused(pk.Laplace.load, tmp_path / "v3.npz", r"version 3 is not supported.*reads versions 1, 2")
+    write_raw(tmp_path / "v4.npz", {**meta, "version": 4}, arrays)
+    refused(pk.Laplace.load, tmp_path / "v4.npz", r"version 4 is not supported.*reads versions 1, 2, 3")
+
+
+@pytest.mark.parametrize("prior", [0.7, [0.5, 1.0, 2.0]])
+def test_lowrank_file_holds_gmat_factors_and_version_2_loads_without(tmp_path, prior):
+    """Version 3 stores the low-rank posterior's Gmat factors (the predictive's
+    kernel route) and reloads bit-exactly; a version-2 file, without them,
+    still loads and predicts through forward-mode products, equal up to
+    rounding; factors that do not fit together are refused."""
+    la, net, X = fitted_laplace("lowrank", prior_precision=prior)
+    la.save(tmp_path / "la.npz")
+    meta, arrays, _ = read_raw(tmp_path / "la.npz")
+    assert meta["lowrank_factors"] is True
+    assert {"post_gC", "post_gU0", "post_gA0", "post_gU2", "post_gA2"} <= set(arrays)
+    ref = laplace_outputs(la, X)
+    assert_same_outputs(ref, laplace_outputs(pk.Laplace.load(tmp_path / "la.npz"), X))
+    v2 = {k: v for k, v in meta.items() if k != "lowrank_factors"}
+    v2["version"] = 2
+    write_raw(tmp_path / "v2.npz", v2, {k: v for k, v in arrays.items() if not k.startswith("post_g")})
+    old = pk.Laplace.load(tmp_path / "v2.npz")
+    assert old._post.gmat is None
+    got = laplace_outputs(old, X)
+    for k in ref:
+        np.testing.assert_allclose(np.asarray(got[k], dtype=float), np.asarray(ref[k], dtype=float),
+                                   rtol=1e-10, atol=1e-12, err_msg=k)
+    # fewer Gram columns in gC than the factors' samples x outputs
+    write_raw(tmp_path / "bad.npz", meta, {**arrays, "post_gC": arrays["post_gC"][:-1]})
+    refused(pk.Laplace.load, tmp_path / "bad.npz", r"gC: expected \d+ rows")
+    # factors claimed without a network's sizes
+    write_raw(tmp_path / "bad2.npz", {**meta, "lowrank_factors": "yes"}, arrays)
+    refused(pk.Laplace.load, tmp_path / "bad2.npz", r"lowrank_factors: expected a bool")
 
 
 # ---------------------------------------------------------------------------
