@@ -55,6 +55,9 @@ if __name__ == "__main__":
 import numpy as np  # noqa: E402
 
 import pykfac as pk  # noqa: E402
+# optimize_prior_precision imports scipy.optimize on its first call (about
+# 0.3 s, once per process): import it here so that no row's marglik pays it
+import scipy.optimize  # noqa: F401,E402
 
 ROWS = (("kron", "all"), ("diag", "all"), ("full", "last_layer"), ("lowrank", "all"))
 TOL = {"float32": 2e-3, "float64": 1e-6}
