@@ -360,6 +360,69 @@ PyObject *pk_call_release(pk_call_t *c, PyObject *result)
 
 PyObject *pk_call_fail(pk_call_t *c) { return pk_call_release(c, NULL); }
 
+/* ---- per-layer lists of arrays ---------------------------------------------------- */
+
+int pk_arrlist_push(pk_arrlist_t *al, PyArrayObject *a)
+{
+    if (!a) return -1;
+    if (al->n >= PK_MAX_LIST) {
+        Py_DECREF(a);
+        PyErr_SetString(PyExc_RuntimeError, "pykfac: more arrays than a pk_arrlist_t holds");
+        return -1;
+    }
+    al->p[al->n] = PyArray_DATA(a);
+    al->a[al->n++] = a;
+    return 0;
+}
+
+void pk_arrlist_release(pk_arrlist_t *al)
+{
+    while (al->n > 0) {
+        al->n--;
+        Py_CLEAR(al->a[al->n]);
+    }
+}
+
+Py_ssize_t pk_seq_len(PyObject *seq, const char *name, Py_ssize_t want)
+{
+    if (!PyList_Check(seq) && !PyTuple_Check(seq)) {
+        PyErr_Format(PyExc_TypeError, "%s: expected a list of arrays, got %s", name, Py_TYPE(seq)->tp_name);
+        return -1;
+    }
+    Py_ssize_t n = PySequence_Size(seq);
+    if (want >= 0 && n != want) {
+        PyErr_Format(PyExc_ValueError, "%s: expected %zd entries, got %zd", name, want, n);
+        return -1;
+    }
+    if (want < 0 && (n < 1 || n > PK_MAX_LIST)) {
+        PyErr_Format(PyExc_ValueError, "%s: expected 1 to %d arrays (one per layer), got %zd", name, PK_MAX_LIST,
+                     n);
+        return -1;
+    }
+    return n;
+}
+
+PyArrayObject *pk_seq_item(PyObject *seq, const char *name, Py_ssize_t i, int typenum, int ndim,
+                           const npy_intp *shape)
+{
+    char buf[64];
+    snprintf(buf, sizeof buf, "%s[%zd]", name, i);
+    PyObject *item = PySequence_GetItem(seq, i);
+    if (!item) return NULL;
+    PyArrayObject *arr = pk_arg_array(item, buf, PK_ARG_REAL, typenum, ndim, shape, 1);
+    Py_DECREF(item);
+    return arr;
+}
+
+int pk_seq_typenum(PyObject *seq)
+{
+    PyObject *first = PyList_Check(seq) && PyList_GET_SIZE(seq) > 0     ? PyList_GET_ITEM(seq, 0)
+                      : PyTuple_Check(seq) && PyTuple_GET_SIZE(seq) > 0 ? PyTuple_GET_ITEM(seq, 0)
+                                                                        : NULL;
+    return first && PyArray_Check(first) && PyArray_TYPE((PyArrayObject *)first) == NPY_FLOAT32 ? NPY_FLOAT32
+                                                                                                : NPY_FLOAT64;
+}
+
 PyObject *pk_call_raise(pk_call_t *c, int rc, const char *context)
 {
     pk_raise(rc, context);

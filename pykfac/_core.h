@@ -156,6 +156,38 @@ PyObject *pk_call_fail(pk_call_t *c);
 PyObject *pk_call_raise(pk_call_t *c, int rc, const char *context);
 PyObject *pk_call_return(pk_call_t *c, int rc, const char *context, PyArrayObject *out);
 
+/* ---- per-layer lists of arrays ----------------------------------------------------
+ * Arguments that are a list or tuple of per-layer arrays (more than a
+ * pk_call_t holds): a pk_arrlist_t keeps the normalised arrays (new
+ * references) and their data pointers for the kernels. */
+#define PK_MAX_LIST 64
+
+typedef struct {
+    int n;
+    PyArrayObject *a[PK_MAX_LIST];
+    void *p[PK_MAX_LIST];
+} pk_arrlist_t;
+
+/* Append `a`, a new reference the list takes over: 0, or -1 when a is NULL
+ * (its exception set). */
+int pk_arrlist_push(pk_arrlist_t *al, PyArrayObject *a);
+static inline const void *const *pk_arrlist_data(const pk_arrlist_t *al) { return (const void *const *)al->p; }
+void pk_arrlist_release(pk_arrlist_t *al);
+
+/* The length of a list/tuple argument that must hold `want` items (want < 0:
+ * 1 to PK_MAX_LIST), or -1 with TypeError/ValueError naming it. */
+Py_ssize_t pk_seq_len(PyObject *seq, const char *name, Py_ssize_t want);
+
+/* Item i of seq as pk_arg_array(item, "name[i]", PK_ARG_REAL, typenum, ndim,
+ * shape, finite): a new reference, or NULL with the exception set. */
+PyArrayObject *pk_seq_item(PyObject *seq, const char *name, Py_ssize_t i, int typenum, int ndim,
+                           const npy_intp *shape);
+
+/* The dtype of a call on a list or tuple of per-layer arrays: NPY_FLOAT32 when
+ * its first item is a float32 array, else NPY_FLOAT64 (the others are
+ * converted to it). */
+int pk_seq_typenum(PyObject *seq);
+
 /* A METH_VARARGS | METH_KEYWORDS row of a method table. */
 #define PK_KW_METHOD(name, func, doc) \
     { name, (PyCFunction)(void (*)(void))(func), METH_VARARGS | METH_KEYWORDS, doc }

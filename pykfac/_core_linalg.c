@@ -281,82 +281,26 @@ static PyObject *py_lowrank_eigh(PyObject *self, PyObject *args, PyObject *kwds)
     return pk_call_release(&c, Py_BuildValue("(OOL)", s, Q, (long long)rank));
 }
 
-/* ---- low rank from layer factors -------------------------------------------------
- * Per-layer lists of arrays (up to 64 layers), more than a pk_call_t holds:
- * kept in an lr_arrays_t and released together. */
-#define LR_MAX_LAYERS 64
+/* ---- low rank from layer factors ------------------------------------------------ */
 
-typedef struct {
-    int n;
-    PyArrayObject *a[4 * LR_MAX_LAYERS + 4];
-} lr_arrays_t;
-
-static void lr_release(lr_arrays_t *h)
+/* The Gmat factors U[l] (N, Kp, out_l) and A[l] (N, in_l), in_{l+1} = out_l,
+ * into U and A; the widths into sizes, *N and *Kp. 0, or -1 with the exception. */
+static int lr_gmat_factors(PyObject *Uo, PyObject *Ao, int typenum, pk_arrlist_t *U, pk_arrlist_t *A,
+                           int64_t *sizes, npy_intp *N, npy_intp *Kp)
 {
-    for (int i = 0; i < h->n; i++) Py_CLEAR(h->a[i]);
-    h->n = 0;
-}
-
-/* The length of a list/tuple argument: *L > 0 fixes it, else 1..64 sets *L. */
-static int lr_layers(PyObject *seq, const char *name, int *L)
-{
-    if (!PyList_Check(seq) && !PyTuple_Check(seq)) {
-        PyErr_Format(PyExc_TypeError, "%s: expected a list of arrays, got %s", name, Py_TYPE(seq)->tp_name);
-        return -1;
-    }
-    Py_ssize_t n = PySequence_Size(seq);
-    if (n < 1 || n > LR_MAX_LAYERS || (*L > 0 && n != *L)) {
-        PyErr_Format(PyExc_ValueError, "%s: expected %s arrays (one per layer), got %zd", name,
-                     *L > 0 ? "as many" : "1 to 64", n);
-        return -1;
-    }
-    *L = (int)n;
-    return 0;
-}
-
-/* Item l of seq as a finite array of typenum and shape (-1: any), held by h;
- * its data pointer, or NULL with the exception naming "name[l]". */
-static const void *lr_item(lr_arrays_t *h, PyObject *seq, const char *name, int l, int typenum, int ndim,
-                           const npy_intp *shape, PyArrayObject **arr)
-{
-    char buf[32];
-    snprintf(buf, sizeof buf, "%s[%d]", name, l);
-    PyObject *item = PySequence_GetItem(seq, l);
-    if (!item) return NULL;
-    *arr = pk_arg_array(item, buf, PK_ARG_REAL, typenum, ndim, shape, 1);
-    Py_DECREF(item);
-    if (!*arr) return NULL;
-    h->a[h->n++] = *arr;
-    return PyArray_DATA(*arr);
-}
-
-/* The dtype of a call on per-layer lists: float32 if seq's first item is a float32 array. */
-static int lr_typenum(PyObject *seq)
-{
-    PyObject *first = PySequence_GetItem(seq, 0);
-    if (!first) return -1;
-    int t = PyArray_Check(first) && PyArray_TYPE((PyArrayObject *)first) == NPY_FLOAT32 ? NPY_FLOAT32 : NPY_FLOAT64;
-    Py_DECREF(first);
-    return t;
-}
-
-/* The training factors U[l] (N, Kp, out_l), A[l] (N, in_l), in_{l+1} = out_l:
- * pointers into Up/Ap, widths into sizes, *N and *Kp. */
-static int lr_train(lr_arrays_t *h, PyObject *Uo, PyObject *Ao, int *L, int typenum, const void **Up,
-                    const void **Ap, int64_t *sizes, npy_intp *N, npy_intp *Kp)
-{
-    if (lr_layers(Uo, "U", L) < 0 || lr_layers(Ao, "A", L) < 0) return -1;
+    Py_ssize_t L = pk_seq_len(Uo, "U", -1);
+    if (L < 0 || pk_seq_len(Ao, "A", L) < 0) return -1;
     *N = -1;
     *Kp = -1;
-    for (int l = 0; l < *L; l++) {
-        PyArrayObject *u, *a;
+    for (Py_ssize_t l = 0; l < L; l++) {
         npy_intp ushape[3] = {*N, *Kp, -1};
-        if (!(Up[l] = lr_item(h, Uo, "U", l, typenum, 3, ushape, &u))) return -1;
+        if (pk_arrlist_push(U, pk_seq_item(Uo, "U", l, typenum, 3, ushape))) return -1;
+        PyArrayObject *u = U->a[l];
         npy_intp ashape[2] = {PyArray_DIM(u, 0), l > 0 ? (npy_intp)sizes[l] : -1};
-        if (!(Ap[l] = lr_item(h, Ao, "A", l, typenum, 2, ashape, &a))) return -1;
+        if (pk_arrlist_push(A, pk_seq_item(Ao, "A", l, typenum, 2, ashape))) return -1;
         *N = PyArray_DIM(u, 0);
         *Kp = PyArray_DIM(u, 1);
-        sizes[l] = PyArray_DIM(a, 1);
+        sizes[l] = PyArray_DIM(A->a[l], 1);
         sizes[l + 1] = PyArray_DIM(u, 2);
     }
     return 0;
@@ -367,96 +311,86 @@ static PyObject *py_lowrank_eigh_layers(PyObject *self, PyObject *args, PyObject
     static char *kwlist[] = {"U", "A", "max_rank", NULL};
     PyObject *Uo, *Ao, *result = NULL;
     Py_ssize_t max_rank;
-    lr_arrays_t h = {0};
-    const void *Up[LR_MAX_LAYERS], *Ap[LR_MAX_LAYERS];
-    int64_t sizes[LR_MAX_LAYERS + 1], rank = 0;
+    pk_arrlist_t U = {0}, A = {0};
+    int64_t sizes[PK_MAX_LIST + 1], rank = 0;
     npy_intp N, Kp;
-    int L = 0;
+    pk_call_t c;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOn:lowrank_eigh_layers", kwlist, &Uo, &Ao, &max_rank))
         return NULL;
+    pk_call_init(&c, pk_seq_typenum(Uo));
     if (max_rank < 1) {
         PyErr_Format(PyExc_ValueError, "max_rank: expected an int >= 1, got %zd", max_rank);
-        return NULL;
+        goto out;
     }
-    if (lr_layers(Uo, "U", &L) < 0) return NULL;
-    const int typenum = lr_typenum(Uo);
-    if (typenum < 0 || lr_train(&h, Uo, Ao, &L, typenum, Up, Ap, sizes, &N, &Kp) < 0) goto out;
+    if (lr_gmat_factors(Uo, Ao, c.typenum, &U, &A, sizes, &N, &Kp) < 0) goto out;
     double D = 0, M = (double)N * (double)Kp;
-    for (int l = 0; l < L; l++) D += (double)sizes[l + 1] * (double)(sizes[l] + 1);
+    for (int l = 0; l < U.n; l++) D += (double)sizes[l + 1] * (double)(sizes[l] + 1);
     const double rcap = (double)max_rank < M ? (double)max_rank : M;
-    const double item = typenum == NPY_FLOAT32 ? 4.0 : 8.0;
+    const double item = c.typenum == NPY_FLOAT32 ? 4.0 : 8.0;
     if (pk_check_memory(item * ((D + M) * rcap + (M > D ? D * M + 2 * D * D : 3 * M * M + (double)N * N)),
                         "lowrank_eigh_layers"))
         goto out;
     npy_intp sd[1] = {(npy_intp)M}, qd[2] = {(npy_intp)D, (npy_intp)rcap}, cd[2] = {(npy_intp)M, (npy_intp)rcap};
-    PyArrayObject *s = NULL, *Q = NULL, *C = NULL;
-    if (!(s = (PyArrayObject *)PyArray_SimpleNew(1, sd, typenum)) || (h.a[h.n++] = s, 0) ||
-        !(Q = (PyArrayObject *)PyArray_SimpleNew(2, qd, typenum)) || (h.a[h.n++] = Q, 0) ||
-        !(C = (PyArrayObject *)PyArray_SimpleNew(2, cd, typenum)) || (h.a[h.n++] = C, 0))
+    PyArrayObject *s, *Q, *C;
+    if (!(s = pk_call_output(&c, 1, sd)) || !(Q = pk_call_output(&c, 2, qd)) || !(C = pk_call_output(&c, 2, cd)))
         goto out;
     int rc;
-    PK_RUN_NOGIL(rc, pk_lowrank_eigh_layers(pk_dtype_of(typenum), L, sizes, N, Kp, Up, Ap, max_rank,
-                                            PyArray_DATA(s), PyArray_DATA(Q), PyArray_DATA(C), &rank));
+    PK_RUN_NOGIL(rc, pk_lowrank_eigh_layers(c.dtype, U.n, sizes, N, Kp, pk_arrlist_data(&U), pk_arrlist_data(&A),
+                                            max_rank, PyArray_DATA(s), PyArray_DATA(Q), PyArray_DATA(C), &rank));
     if (rc) pk_raise(rc, "lowrank_eigh_layers");
     else result = Py_BuildValue("(OOOL)", s, Q, C, (long long)rank);
 out:
-    lr_release(&h);
-    return result;
+    pk_arrlist_release(&U);
+    pk_arrlist_release(&A);
+    return pk_call_release(&c, result);
 }
 
 static PyObject *py_lowrank_jq_layers(PyObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"Gx", "Axb", "U", "A", "w", "C", NULL};
     PyObject *Gxo, *Axo, *Uo, *Ao, *wo, *Co, *result = NULL;
-    lr_arrays_t h = {0};
-    const void *Up[LR_MAX_LAYERS], *Ap[LR_MAX_LAYERS], *Gp[LR_MAX_LAYERS], *Xp[LR_MAX_LAYERS];
-    int64_t sizes[LR_MAX_LAYERS + 1];
-    double w[LR_MAX_LAYERS];
-    npy_intp N, Kp;
-    int L = 0;
+    pk_arrlist_t U = {0}, A = {0}, Gx = {0}, Axb = {0};
+    int64_t sizes[PK_MAX_LIST + 1];
+    npy_intp N, Kp, Nx = -1, K = -1;
+    pk_call_t c;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOO:lowrank_jq_layers", kwlist, &Gxo, &Axo, &Uo, &Ao, &wo,
                                      &Co))
         return NULL;
-    if (lr_layers(Uo, "U", &L) < 0) return NULL;
-    const int typenum = lr_typenum(Uo);
-    if (typenum < 0 || lr_train(&h, Uo, Ao, &L, typenum, Up, Ap, sizes, &N, &Kp) < 0) goto out;
-    if (lr_layers(Gxo, "Gx", &L) < 0 || lr_layers(Axo, "Axb", &L) < 0) goto out;
-    npy_intp Nx = -1, K = -1;
+    pk_call_init(&c, pk_seq_typenum(Uo));
+    if (lr_gmat_factors(Uo, Ao, c.typenum, &U, &A, sizes, &N, &Kp) < 0) goto out;
+    const int L = U.n;
+    if (pk_seq_len(Gxo, "Gx", L) < 0 || pk_seq_len(Axo, "Axb", L) < 0) goto out;
     for (int l = 0; l < L; l++) {
-        PyArrayObject *g, *x;
         npy_intp gshape[3] = {Nx, K, (npy_intp)sizes[l + 1]};
-        if (!(Gp[l] = lr_item(&h, Gxo, "Gx", l, typenum, 3, gshape, &g))) goto out;
-        Nx = PyArray_DIM(g, 0);
-        K = PyArray_DIM(g, 1);
+        if (pk_arrlist_push(&Gx, pk_seq_item(Gxo, "Gx", l, c.typenum, 3, gshape))) goto out;
+        Nx = PyArray_DIM(Gx.a[l], 0);
+        K = PyArray_DIM(Gx.a[l], 1);
         npy_intp xshape[2] = {Nx, (npy_intp)sizes[l] + 1};
-        if (!(Xp[l] = lr_item(&h, Axo, "Axb", l, typenum, 2, xshape, &x))) goto out;
+        if (pk_arrlist_push(&Axb, pk_seq_item(Axo, "Axb", l, c.typenum, 2, xshape))) goto out;
     }
-    PyArrayObject *wa = NULL, *C, *out;
+    PyArrayObject *w = NULL, *C, *R;
     if (wo != Py_None) {
         npy_intp wshape[1] = {L};
-        wa = pk_arg_array(wo, "w", PK_ARG_REAL, NPY_FLOAT64, 1, wshape, 1);
-        if (!wa) goto out;
-        h.a[h.n++] = wa;
-        memcpy(w, PyArray_DATA(wa), (size_t)L * sizeof(double));
+        w = pk_call_hold(&c, pk_arg_array(wo, "w", PK_ARG_REAL, NPY_FLOAT64, 1, wshape, 1));
+        if (!w) goto out;
     }
     npy_intp cshape[2] = {N * Kp, -1};
-    C = pk_arg_array(Co, "C", PK_ARG_REAL, typenum, 2, cshape, 1);
-    if (!C) goto out;
-    h.a[h.n++] = C;
-    npy_intp od[3] = {Nx, K, PyArray_DIM(C, 1)};
-    if (!(out = (PyArrayObject *)PyArray_SimpleNew(3, od, typenum))) goto out;
-    h.a[h.n++] = out;
+    if (!(C = pk_call_input(&c, Co, "C", 2, cshape))) goto out;
+    npy_intp rd[3] = {Nx, K, PyArray_DIM(C, 1)};
+    if (!(R = pk_call_output(&c, 3, rd))) goto out;
     int rc;
-    PK_RUN_NOGIL(rc, pk_lowrank_jq_layers(pk_dtype_of(typenum), L, sizes, Nx, K, Gp, Xp, N, Kp, Up, Ap,
-                                          wa ? w : NULL, od[2], PyArray_DATA(C), PyArray_DATA(out)));
+    PK_RUN_NOGIL(rc, pk_lowrank_jq_layers(c.dtype, L, sizes, Nx, K, pk_arrlist_data(&Gx), pk_arrlist_data(&Axb), N,
+                                          Kp, pk_arrlist_data(&U), pk_arrlist_data(&A),
+                                          w ? (const double *)PyArray_DATA(w) : NULL, rd[2], PyArray_DATA(C),
+                                          PyArray_DATA(R)));
     if (rc) pk_raise(rc, "lowrank_jq_layers");
-    else {
-        Py_INCREF(out);
-        result = (PyObject *)out;
-    }
+    else result = Py_BuildValue("O", R);
 out:
-    lr_release(&h);
-    return result;
+    pk_arrlist_release(&U);
+    pk_arrlist_release(&A);
+    pk_arrlist_release(&Gx);
+    pk_arrlist_release(&Axb);
+    return pk_call_release(&c, result);
 }
 
 static PyObject *py_lowrank_apply(PyObject *self, PyObject *args, PyObject *kwds)

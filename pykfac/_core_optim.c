@@ -3,96 +3,28 @@
  * Adam updates (in place on the caller's parameter and state arrays). */
 #include "_core.h"
 
-#define OPT_MAX_LAYERS 64
-
-/* NPY_FLOAT32 if obj is a float32 array, else NPY_FLOAT64. */
-/* The dtype of a list or tuple of per-layer arrays: float32 when its first
- * item is a float32 array, else float64 (other items are converted to it). */
-static int seq_typenum(PyObject *seq)
-{
-    PyObject *first = PyList_Check(seq) && PyList_GET_SIZE(seq) > 0     ? PyList_GET_ITEM(seq, 0)
-                      : PyTuple_Check(seq) && PyTuple_GET_SIZE(seq) > 0 ? PyTuple_GET_ITEM(seq, 0)
-                                                                        : NULL;
-    return first && PyArray_Check(first) && PyArray_TYPE((PyArrayObject *)first) == NPY_FLOAT32 ? NPY_FLOAT32
-                                                                                                : NPY_FLOAT64;
-}
-
-/* A list of per-layer arrays (read from a sequence argument, or made for a
- * result): new references, and their data pointers for the kernels. */
-typedef struct {
-    int n;
-    PyArrayObject *a[OPT_MAX_LAYERS];
-    void *p[OPT_MAX_LAYERS];
-} arrlist_t;
-
-/* Append `a` (a new reference, or NULL: -1, its exception set). */
-static int arrlist_push(arrlist_t *al, PyArrayObject *a)
-{
-    if (!a) return -1;
-    al->p[al->n] = PyArray_DATA(a);
-    al->a[al->n++] = a;
-    return 0;
-}
-
-static const void *const *arrlist_data(const arrlist_t *al) { return (const void *const *)al->p; }
+#define OPT_MAX_LAYERS PK_MAX_LIST
 
 /* The lists kfac_inverse and kfac_apply hold: the statistics A, G (and the
  * cross-layer A_cross, G_cross), and the inverse's KA, sA, KG, sG (and PA, PG). */
 typedef struct {
-    arrlist_t A, G, Ac, Gc, KA, sA, KG, sG, PA, PG;
+    pk_arrlist_t A, G, Ac, Gc, KA, sA, KG, sG, PA, PG;
 } kfac_lists_t;
 
 static void kfac_lists_release(kfac_lists_t *k)
 {
-    arrlist_t *all[] = {&k->A, &k->G, &k->Ac, &k->Gc, &k->KA, &k->sA, &k->KG, &k->sG, &k->PA, &k->PG};
-    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
-        for (int j = 0; j < all[i]->n; j++) Py_CLEAR(all[i]->a[j]);
-        all[i]->n = 0;
-    }
-}
-
-/* Length of a sequence argument that must hold `want` items (want < 0: 1..64). */
-static Py_ssize_t seq_len(PyObject *seq, const char *name, Py_ssize_t want)
-{
-    if (!PyList_Check(seq) && !PyTuple_Check(seq)) {
-        PyErr_Format(PyExc_TypeError, "%s: expected a list of arrays, got %s", name, Py_TYPE(seq)->tp_name);
-        return -1;
-    }
-    Py_ssize_t n = PySequence_Size(seq);
-    if (want >= 0 && n != want) {
-        PyErr_Format(PyExc_ValueError, "%s: expected %zd entries, got %zd", name, want, n);
-        return -1;
-    }
-    if (want < 0 && (n < 1 || n > OPT_MAX_LAYERS)) {
-        PyErr_Format(PyExc_ValueError, "%s: expected 1 to %d arrays (one per layer), got %zd", name,
-                     OPT_MAX_LAYERS, n);
-        return -1;
-    }
-    return n;
-}
-
-/* Item i of seq as a normalised ndim-D array of typenum with the given shape
- * (-1 = any); name printed as "name[i]". */
-static PyArrayObject *item_array(PyObject *seq, const char *name, Py_ssize_t i, int typenum, int ndim,
-                                 const npy_intp *shape)
-{
-    char buf[64];
-    snprintf(buf, sizeof buf, "%s[%zd]", name, i);
-    PyObject *item = PySequence_GetItem(seq, i);
-    if (!item) return NULL;
-    PyArrayObject *arr = pk_arg_array(item, buf, PK_ARG_REAL, typenum, ndim, shape, 1);
-    Py_DECREF(item);
-    return arr;
+    pk_arrlist_t *all[] = {&k->A, &k->G, &k->Ac, &k->Gc, &k->KA, &k->sA, &k->KG, &k->sG, &k->PA, &k->PG};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) pk_arrlist_release(all[i]);
 }
 
 /* Item l of seq as a square matrix (of order n if n >= 0) of order >= min,
  * appended to al; `order` names the bound in the message ("out >= 1"). */
-static PyArrayObject *square_item(arrlist_t *al, PyObject *seq, const char *name, Py_ssize_t l, int typenum,
+static PyArrayObject *square_item(pk_arrlist_t *al, PyObject *seq, const char *name, Py_ssize_t l, int typenum,
                                   npy_intp n, npy_intp min, const char *order)
 {
     npy_intp shape[2] = {n, n};
-    PyArrayObject *a = item_array(seq, name, l, typenum, 2, shape);
-    if (arrlist_push(al, a)) return NULL;
+    PyArrayObject *a = pk_seq_item(seq, name, l, typenum, 2, shape);
+    if (pk_arrlist_push(al, a)) return NULL;
     if (PyArray_DIM(a, 0) != PyArray_DIM(a, 1) || PyArray_DIM(a, 0) < min) {
         PyErr_Format(PyExc_ValueError, "%s[%zd]: expected a square matrix of order %s, got shape (%ld, %ld)", name,
                      l, order, (long)PyArray_DIM(a, 0), (long)PyArray_DIM(a, 1));
@@ -105,11 +37,11 @@ static PyArrayObject *square_item(arrlist_t *al, PyObject *seq, const char *name
  * sizes[l] + 1 >= 2 and square G[l] of order sizes[l+1] (G[l] must match
  * A[l+1]). Fills al_A, al_G and sizes[0..L]. */
 static int parse_factors(PyObject *Ao, PyObject *Go, const char *nA, const char *nG, int typenum,
-                         arrlist_t *al_A, arrlist_t *al_G, int64_t *sizes, int *L_out)
+                         pk_arrlist_t *al_A, pk_arrlist_t *al_G, int64_t *sizes, int *L_out)
 {
-    Py_ssize_t L = seq_len(Ao, nA, -1);
+    Py_ssize_t L = pk_seq_len(Ao, nA, -1);
     if (L < 0) return -1;
-    if (seq_len(Go, nG, L) < 0) return -1;
+    if (pk_seq_len(Go, nG, L) < 0) return -1;
     for (Py_ssize_t l = 0; l < L; l++) {
         PyArrayObject *a = square_item(al_A, Ao, nA, l, typenum, -1, 2, "in + 1 >= 2");
         if (!a) return -1;
@@ -126,14 +58,14 @@ static int parse_factors(PyObject *Ao, PyObject *Go, const char *nA, const char 
 
 /* L - 1 rectangular coupling matrices: name[l] of shape (rows(l), cols(l)). */
 static int parse_cross(PyObject *seq, const char *name, int L, int typenum, const int64_t *sizes, int is_A,
-                       arrlist_t *al)
+                       pk_arrlist_t *al)
 {
-    if (seq_len(seq, name, L - 1) < 0) return -1;
+    if (pk_seq_len(seq, name, L - 1) < 0) return -1;
     for (int l = 0; l + 1 < L; l++) {
         npy_intp shape[2];
         shape[0] = is_A ? (npy_intp)sizes[l] + 1 : (npy_intp)sizes[l + 1];
         shape[1] = is_A ? (npy_intp)sizes[l + 1] + 1 : (npy_intp)sizes[l + 2];
-        if (arrlist_push(al, item_array(seq, name, l, typenum, 2, shape))) return -1;
+        if (pk_arrlist_push(al, pk_seq_item(seq, name, l, typenum, 2, shape))) return -1;
     }
     return 0;
 }
@@ -141,7 +73,7 @@ static int parse_cross(PyObject *seq, const char *name, int L, int typenum, cons
 /* The optional cross-layer lists of A and G: both (block-tridiagonal) or
  * neither (None, None: block-diagonal). */
 static int parse_cross_pair(PyObject *Ao, PyObject *Go, const char *nA, const char *nG, int L, int typenum,
-                            const int64_t *sizes, arrlist_t *al_A, arrlist_t *al_G)
+                            const int64_t *sizes, pk_arrlist_t *al_A, pk_arrlist_t *al_G)
 {
     if (Ao == Py_None && Go == Py_None) return 0;
     if (Ao == Py_None || Go == Py_None) {
@@ -153,7 +85,7 @@ static int parse_cross_pair(PyObject *Ao, PyObject *Go, const char *nA, const ch
     return 0;
 }
 
-static PyObject *list_of(arrlist_t *al)
+static PyObject *list_of(pk_arrlist_t *al)
 {
     PyObject *lst = PyList_New(al->n);
     if (!lst) return NULL;
@@ -164,10 +96,10 @@ static PyObject *list_of(arrlist_t *al)
     return lst;
 }
 
-static int new_into(arrlist_t *al, int nd, npy_intp d0, npy_intp d1, int typenum)
+static int new_into(pk_arrlist_t *al, int nd, npy_intp d0, npy_intp d1, int typenum)
 {
     npy_intp dims[2] = {d0, d1};
-    return arrlist_push(al, (PyArrayObject *)PyArray_ZEROS(nd, dims, typenum, 0));
+    return pk_arrlist_push(al, (PyArrayObject *)PyArray_ZEROS(nd, dims, typenum, 0));
 }
 
 /* kfac_inverse(A, G, A_cross, G_cross, gamma, pi) -> (KA, sA, KG, sG, PA, PG) */
@@ -183,7 +115,7 @@ static PyObject *py_kfac_inverse(PyObject *self, PyObject *args, PyObject *kwds)
     int64_t sizes[OPT_MAX_LAYERS + 1];
     double pi[OPT_MAX_LAYERS];
     int L = 0, rc;
-    const int typenum = seq_typenum(Ao);
+    const int typenum = pk_seq_typenum(Ao);
     const int cross = Aco != Py_None || Gco != Py_None;
     if (parse_factors(Ao, Go, "A", "G", typenum, &k.A, &k.G, sizes, &L) < 0) goto out;
     if (parse_cross_pair(Aco, Gco, "A_cross", "G_cross", L, typenum, sizes, &k.Ac, &k.Gc) < 0) goto out;
@@ -191,7 +123,7 @@ static PyObject *py_kfac_inverse(PyObject *self, PyObject *args, PyObject *kwds)
         PyErr_Format(PyExc_ValueError, "gamma: expected a finite number >= 0, got %s", pk_numstr(gamma).s);
         goto out;
     }
-    if (seq_len(pio, "pi", L) < 0) goto out;
+    if (pk_seq_len(pio, "pi", L) < 0) goto out;
     for (int l = 0; l < L; l++) {
         PyObject *it = PySequence_GetItem(pio, l);
         if (!it) goto out;
@@ -213,8 +145,8 @@ static PyObject *py_kfac_inverse(PyObject *self, PyObject *args, PyObject *kwds)
              new_into(&k.PG, 2, out, (npy_intp)sizes[l + 2], typenum)))
             goto out;
     }
-    PK_RUN_NOGIL(rc, pk_kfac_inverse(pk_dtype_of(typenum), L, sizes, arrlist_data(&k.A), arrlist_data(&k.G),
-                                     cross ? arrlist_data(&k.Ac) : NULL, cross ? arrlist_data(&k.Gc) : NULL, gamma,
+    PK_RUN_NOGIL(rc, pk_kfac_inverse(pk_dtype_of(typenum), L, sizes, pk_arrlist_data(&k.A), pk_arrlist_data(&k.G),
+                                     cross ? pk_arrlist_data(&k.Ac) : NULL, cross ? pk_arrlist_data(&k.Gc) : NULL, gamma,
                                      pi, k.KA.p, k.sA.p, k.KG.p, k.sG.p, cross ? k.PA.p : NULL,
                                      cross ? k.PG.p : NULL));
     if (rc == PK_ERR_SINGULAR) {
@@ -257,26 +189,26 @@ static PyObject *py_kfac_apply(PyObject *self, PyObject *args, PyObject *kwds)
     PyArrayObject *V, *R;
     int64_t sizes[OPT_MAX_LAYERS + 1];
     int L = 0, rc;
-    const int typenum = seq_typenum(KAo);
+    const int typenum = pk_seq_typenum(KAo);
     const int cross = PAo != Py_None || PGo != Py_None;
     pk_call_t c;
     pk_call_init(&c, typenum);
     /* KA, KG have the shapes of A, G: same width bookkeeping. */
     if (parse_factors(KAo, KGo, "KA", "KG", typenum, &k.KA, &k.KG, sizes, &L) < 0) goto out;
-    if (seq_len(sAo, "sA", L) < 0 || seq_len(sGo, "sG", L) < 0) goto out;
+    if (pk_seq_len(sAo, "sA", L) < 0 || pk_seq_len(sGo, "sG", L) < 0) goto out;
     for (int l = 0; l < L; l++) {
         npy_intp qa[1] = {(npy_intp)sizes[l] + 1}, qg[1] = {(npy_intp)sizes[l + 1]};
-        if (arrlist_push(&k.sA, item_array(sAo, "sA", l, typenum, 1, qa)) ||
-            arrlist_push(&k.sG, item_array(sGo, "sG", l, typenum, 1, qg)))
+        if (pk_arrlist_push(&k.sA, pk_seq_item(sAo, "sA", l, typenum, 1, qa)) ||
+            pk_arrlist_push(&k.sG, pk_seq_item(sGo, "sG", l, typenum, 1, qg)))
             goto out;
     }
     if (parse_cross_pair(PAo, PGo, "PA", "PG", L, typenum, sizes, &k.PA, &k.PG) < 0) goto out;
     npy_intp D = 0;
     for (int l = 0; l < L; l++) D += (npy_intp)(sizes[l + 1] * (sizes[l] + 1));
     if (!(V = pk_call_input(&c, Vo, "V", 1, &D)) || !(R = pk_call_output(&c, 1, &D))) goto out;
-    PK_RUN_NOGIL(rc, pk_kfac_apply(c.dtype, L, sizes, arrlist_data(&k.KA), arrlist_data(&k.sA), arrlist_data(&k.KG),
-                                   arrlist_data(&k.sG), cross ? arrlist_data(&k.PA) : NULL,
-                                   cross ? arrlist_data(&k.PG) : NULL, PyArray_DATA(V), PyArray_DATA(R)));
+    PK_RUN_NOGIL(rc, pk_kfac_apply(c.dtype, L, sizes, pk_arrlist_data(&k.KA), pk_arrlist_data(&k.sA), pk_arrlist_data(&k.KG),
+                                   pk_arrlist_data(&k.sG), cross ? pk_arrlist_data(&k.PA) : NULL,
+                                   cross ? pk_arrlist_data(&k.PG) : NULL, PyArray_DATA(V), PyArray_DATA(R)));
     result = pk_call_return(&c, rc, "kfac_apply", R);
 out:
     kfac_lists_release(&k);

@@ -1011,9 +1011,8 @@ class Laplace:
                 A = [np.concatenate(f) for f in zip(*(a for _, a in Us))]
             M = U[0].shape[0] * U[0].shape[1]
             s, Qbuf, Cbuf, r = _core.lowrank_eigh_layers(U, A, M if self.rank is None else self.rank)
-            Q = Qbuf.reshape(-1)[:D * r].reshape(D, r)  # compact (D, r) blocks, no copy
-            C = Cbuf.reshape(-1)[:M * r].reshape(M, r)
-            post = _LowRankPosterior(s[:r].copy(), Q, self._offsets, (U, A, C))
+            post = _LowRankPosterior(s[:r].copy(), _la._leading(Qbuf, D, r), self._offsets,
+                                     (U, A, _la._leading(Cbuf, M, r)))
         self._post = post
         self.loss = float(loss_total)
         self.n_data = n_total

@@ -244,6 +244,12 @@ def woodbury_sample(alpha, Gmat, n, seed=None):
     return _core.woodbury_sample(alpha, _gmat(Gmat), _n_samples(n), resolve_seed(seed))
 
 
+def _leading(buf, rows, cols):
+    """The compact (rows, cols) row-major matrix at the start of ``buf``, no
+    copy: the C core's layout for a result whose width it finds itself."""
+    return buf.reshape(-1)[:rows * cols].reshape(rows, cols)
+
+
 def lowrank_eigh(Gmat, rank=None):
     r"""Thin eigendecomposition :math:`G_m G_m^\top = Q\,\mathrm{diag}(s)\,Q^\top`.
 
@@ -269,7 +275,7 @@ def lowrank_eigh(Gmat, rank=None):
             raise ValueError(f"rank: expected a positive int or None, got {rank!r}")
     U = _gmat(Gmat)
     s, Qbuf, r = _core.lowrank_eigh(U)
-    Q = Qbuf.reshape(-1)[:U.shape[0] * r].reshape(U.shape[0], r)  # compact (D, r) block, no copy
+    Q = _leading(Qbuf, U.shape[0], r)
     if rank is not None and rank < r:
         return s[:rank].copy(), np.ascontiguousarray(Q[:, :rank])
     return s[:r].copy(), Q

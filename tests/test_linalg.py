@@ -505,7 +505,7 @@ def test_lowrank_eigh_layers_errors():
         _core.lowrank_eigh_layers(U, [A[0], A[1][:, :4]], 4)
     with pytest.raises(ValueError, match=r"^U\[1\]: expected shape \(3, 2, N\), got \(2, 2, 4\)"):
         _core.lowrank_eigh_layers([U[0], U[1][:2]], A, 4)
-    with pytest.raises(ValueError, match=r"^A: expected as many arrays"):
+    with pytest.raises(ValueError, match=r"^A: expected 2 entries, got 1"):
         _core.lowrank_eigh_layers(U, A[:1], 4)
     with pytest.raises(TypeError, match=r"^U: expected a list of arrays"):
         _core.lowrank_eigh_layers(U[0], A, 4)
@@ -529,6 +529,19 @@ def test_lowrank_eigh_layers_errors():
         _core.lowrank_jq_layers(Gx, Axb, U, A, [1.0], C)
     with pytest.raises(ValueError, match=r"^w: contains NaN or Inf"):
         _core.lowrank_jq_layers(Gx, Axb, U, A, [1.0, np.inf], C)
+    # every path releases what it took: the inputs' reference counts do not move
+    import sys
+
+    arrays = U + A + Gx + Axb + [C]
+    before = [sys.getrefcount(x) for x in arrays]
+    for _ in range(20):
+        _core.lowrank_eigh_layers(U, A, 3)
+        _core.lowrank_jq_layers(Gx, Axb, U, A, [1.0, 2.0], C)
+        for bad_call in (lambda: _core.lowrank_eigh_layers(U, [A[0], A[1][:, :4]], 4),
+                         lambda: _core.lowrank_jq_layers(Gx, Axb, U, A, None, C[:5])):
+            with pytest.raises(ValueError):
+                bad_call()
+    assert [sys.getrefcount(x) for x in arrays] == before
 
 
 def test_memory_layouts_give_the_contiguous_result():
