@@ -950,7 +950,7 @@ class Laplace:
         n_total, loss_total = 0, 0.0
         H = h = None
         A = G = None
-        Us = []
+        gmat_factors = []
         seeds = None
         if self.kind == "mc":
             seeds = seed_stream(self.seed)
@@ -991,7 +991,7 @@ class Laplace:
                                       f"matrix ({M} x {M}) would hold more than {_LOWRANK_MAX} values; "
                                       "pass rank=, use subset='last_layer' or fewer data")
                 St = np.ascontiguousarray(S.transpose(0, 2, 1))
-                Us.append(([np.matmul(St, g) for g in Gs], As))
+                gmat_factors.append(([np.matmul(St, g) for g in Gs], As))
                 loss_total += _loss_value(model, Z, y, lossname)
             n_total += X.shape[0]
         if self.structure == "full":
@@ -1004,11 +1004,11 @@ class Laplace:
             K = KronCurvature(A, G, model.sizes, num_data=n_total, kind=self.kind)
             post = _KronPosterior(K, self._offsets, self.kron_damping)
         else:
-            if len(Us) == 1:
-                U, A = Us[0]
+            if len(gmat_factors) == 1:
+                U, A = gmat_factors[0]
             else:  # the batches' factors stacked, layer by layer
-                U = [np.concatenate(f) for f in zip(*(u for u, _ in Us))]
-                A = [np.concatenate(f) for f in zip(*(a for _, a in Us))]
+                U = [np.concatenate(f) for f in zip(*(u for u, _ in gmat_factors))]
+                A = [np.concatenate(f) for f in zip(*(a for _, a in gmat_factors))]
             M = U[0].shape[0] * U[0].shape[1]
             s, Qbuf, Cbuf, r = _core.lowrank_eigh_layers(U, A, M if self.rank is None else self.rank)
             post = _LowRankPosterior(s[:r].copy(), _la._leading(Qbuf, D, r), self._offsets,
