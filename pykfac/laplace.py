@@ -49,7 +49,7 @@ LIKELIHOODS = {"regression": "mse", "classification": "ce", "binary": "bce"}
 STRUCTURES = ("full", "diag", "kron", "lowrank")
 SUBSETS = ("all", "last_layer")
 PRED_TYPES = ("glm", "nn")
-LINK_APPROXES = ("probit", "mc", "bridge")
+LINK_APPROXES = ("probit", "mc", "bridge", "bridge_norm")
 # save files: version 2 added posteriors built by from_jacobians, version 3 the
 # low-rank posterior's Gmat factors (older low-rank files load without them and
 # use forward-mode products); version 1 files (always from a network) have the
@@ -254,6 +254,10 @@ class _Posterior:
     def covariance_dense(self, c, prior):
         return self.solve(np.eye(self.D, dtype=self.dtype), c, prior)
 
+    def matvec(self, V, c, prior):
+        """P V for V (D, m) in the posterior's dtype."""
+        raise NotImplementedError
+
 
 class _FullPosterior(_Posterior):
     structure = "full"
@@ -313,6 +317,10 @@ class _FullPosterior(_Posterior):
     def solve(self, V, c, prior):
         return self._factor(c, prior).solve(self._rhs(V))
 
+    def matvec(self, V, c, prior):
+        V = self._rhs(V)
+        return (self.H @ V) * self.dtype.type(c) + prior.diag.astype(self.dtype)[:, None] * V
+
     def sample(self, n, seed, c, prior, mean):
         S = self._factor(c, prior).whiten(_normals(n, self.D, self.dtype, seed))
         return S if mean is None else np.add(S, mean, out=S)
@@ -359,6 +367,9 @@ class _DiagPosterior(_Posterior):
 
     def precision_dense(self, c, prior):
         return np.diag(self._p(c, prior)).astype(self.dtype)
+
+    def matvec(self, V, c, prior):
+        return self._p(c, prior).astype(self.dtype)[:, None] * self._rhs(V)
 
     def covariance_dense(self, c, prior):
         return np.diag(1.0 / self._p(c, prior)).astype(self.dtype)
@@ -458,6 +469,9 @@ class _KronPosterior(_Posterior):
 
     def solve(self, V, c, prior):
         return self._apply(V, c, prior, -1.0)
+
+    def matvec(self, V, c, prior):
+        return self._apply(V, c, prior, 1.0)
 
     dense_jacobians = False
 
@@ -590,6 +604,10 @@ class _LowRankPosterior(_Posterior):
             return _core.lowrank_apply(self.Q, a0, dv, V)
         return _la.woodbury_solve(prior.diag, self._U(c), V)
 
+    def matvec(self, V, c, prior):
+        V = self._rhs(V)
+        return _core.lowrank_apply(self.Q, 0.0, c * self._s64, V) + prior.diag.astype(self.dtype)[:, None] * V
+
     def sample(self, n, seed, c, prior, mean):
         if prior.kind == "scalar":
             Zt = _normals(self.D, n, self.dtype, seed)  # columns are draws
@@ -657,11 +675,13 @@ def _sigmoid(f):
     return np.where(f >= 0, 1 / (1 + np.exp(-np.abs(f))), np.exp(-np.abs(f)) / (1 + np.exp(-np.abs(f))))
 
 
-def _bridge(mu, var):
+def _bridge(mu, var, normalized=False):
     """Laplace bridge (Hobbhahn et al. 2022): Gaussian logits -> Dirichlet -> its mean.
 
     The logits are first projected onto the sum-zero subspace (softmax is
-    invariant to shifts), then alpha_k = (1 - 2/K + e^{mu_k}/K^2 sum_l e^{-mu_l}) / Sigma_kk."""
+    invariant to shifts), then alpha_k = (1 - 2/K + e^{mu_k}/K^2 sum_l e^{-mu_l}) / Sigma_kk.
+    normalized: laplace-torch's "bridge_norm", which first divides mu by sqrt(m)
+    and diag(Sigma) by m, m = mean_k Sigma_kk / sqrt(K/2)."""
     mu = np.asarray(mu, dtype=np.float64)
     var = np.asarray(var, dtype=np.float64)
     K = mu.shape[-1]
@@ -677,10 +697,15 @@ def _bridge(mu, var):
     # a logit without variance: the Dirichlet's concentration is infinite; the
     # zero-variance limit of the predictive is the softmax of the mean
     certain = np.any(dvar <= 0, axis=-1)
+    mu_c = mu
+    if normalized:
+        m = dvar.mean(-1, keepdims=True) / math.sqrt(K / 2)
+        m = np.where(m > 0, m, 1.0)
+        mu, dvar = mu / np.sqrt(m), dvar / m
     sum_exp = np.exp(-mu).sum(-1, keepdims=True)
     alpha = (1 - 2 / K + np.exp(mu) / K ** 2 * sum_exp) / np.where(dvar > 0, dvar, 1.0)
     out = alpha / alpha.sum(-1, keepdims=True)
-    out[certain] = _softmax(mu[certain])
+    out[certain] = _softmax(mu_c[certain])
     return out
 
 
@@ -1128,11 +1153,7 @@ class Laplace:
                     raise ValueError(f"grid: expected a non-empty 1-D array of prior precisions, got shape {grid.shape}")
                 if not np.all(np.isfinite(grid) & (grid > 0)):
                     raise ValueError("grid: expected finite prior precisions > 0")
-            _choice(pred_type, PRED_TYPES, "pred_type")
-            _choice(link_approx, LINK_APPROXES, "link_approx")
-            n_samples = _la._n_samples(n_samples, "n_samples")
-            if n_samples == 0 and (pred_type == "nn" or link_approx == "mc"):
-                raise ValueError("n_samples: expected >= 1 for sampled predictives, got 0")
+            n_samples = self._pred_args(pred_type, link_approx, n_samples)
             batches = [(self._check_X(X), self._labels(y, np.shape(X)[0]))
                        for X, y in iter_batches(val_data)]
             cache = [self._glm_cache(X) if pred_type == "glm" else None for X, _ in batches]
@@ -1198,6 +1219,39 @@ class Laplace:
         """:math:`\\log\\det P` (float)."""
         self._check_fit()
         return self._post.logdet(self._c(), self._prior)
+
+    def square_norm(self, theta):
+        r""":math:`(\theta - \theta^*)^\top P (\theta - \theta^*)` for ``theta`` (D,) -> float,
+        or for rows (n, D) -> (n,) float64. Cost: one product with P per row
+        (O(D) diag, O(Σ widths) per weight for kron, O(D r) low rank, O(D²) full).
+        """
+        self._check_fit()
+        theta_map = self.mean
+        if theta_map is None:
+            raise ValueError("square_norm: the posterior mean is unknown (pass theta_map= to from_jacobians)")
+        T = _real_array(theta, "theta")
+        D = self.n_params
+        if T.shape not in ((D,),) and (T.ndim != 2 or T.shape[1] != D):
+            raise ValueError(f"theta: expected shape ({D},) or (n, {D}), got {T.shape}")
+        if not np.all(np.isfinite(T)):
+            raise ValueError("theta: contains NaN or Inf")
+        # the difference in float64 before the posterior's dtype: theta close to
+        # theta* would otherwise lose its digits to cancellation
+        delta = (np.atleast_2d(T) - np.asarray(theta_map, dtype=np.float64)).T
+        Pd = self._post.matvec(delta.astype(self.dtype), self._c(), self._prior).astype(np.float64)
+        q = np.einsum("dn,dn->n", delta, Pd)
+        return float(q[0]) if T.ndim == 1 else q
+
+    def log_prob(self, theta, normalized=True):
+        r"""Log density of the posterior :math:`\mathcal N(\theta^*, P^{-1})` at ``theta``
+        (D,) -> float, or at rows (n, D) -> (n,):
+        :math:`-\tfrac12 (\theta-\theta^*)^\top P (\theta-\theta^*) + \tfrac12\log\det P - \tfrac D2 \log 2\pi`.
+        ``normalized=False`` keeps only the first term (laplace-torch's ``log_prob``).
+        """
+        q = -0.5 * self.square_norm(theta)
+        if not normalized:
+            return q
+        return q + 0.5 * self.log_det_posterior_precision() - 0.5 * self.n_params * math.log(2 * math.pi)
 
     def sample(self, n, seed=None):
         r"""``n`` parameter draws :math:`\theta^* + P^{-1/2} z`, shape (n, D).
@@ -1274,10 +1328,13 @@ class Laplace:
         X2 = X1 if X2 is None else self._check_X_net(X2, "X2")
         J1 = jacobian(self._model, self._inputs(X1))
         J2 = J1 if X2 is X1 else jacobian(self._model, self._inputs(X2))
-        N1, K, D = J1.shape
-        N2 = J2.shape[0]
-        R = self._post.solve(J2.reshape(N2 * K, D).T, self._c(), self._prior)
-        return (J1.reshape(N1 * K, D) @ R).reshape(N1, K, N2, K)
+        return self._kernel_dense(J1, J2).astype(self.dtype).reshape(J1.shape[0], self.n_outputs, J2.shape[0], -1)
+
+    def _kernel_dense(self, J1, J2):
+        """J1 P^-1 J2^T as an (N1 K, N2 K) float64 matrix from (N, K, D) Jacobians."""
+        D = J1.shape[2]
+        R = self._post.solve(J2.reshape(-1, D).T, self._c(), self._prior)
+        return (J1.reshape(-1, D) @ R).astype(np.float64)
 
     def _check_X_net(self, X, name="X"):
         if self._from_jac:
@@ -1297,8 +1354,42 @@ class Laplace:
             raise ValueError("jacobians: contains NaN or Inf")
         return J
 
+    def _pred_args(self, pred_type, link_approx, n_samples):
+        """Checked (pred_type, link_approx, n_samples) of the predictive family."""
+        _choice(pred_type, PRED_TYPES, "pred_type")
+        _choice(link_approx, LINK_APPROXES, "link_approx")
+        if link_approx.startswith("bridge") and self.likelihood == "binary":
+            raise ValueError("link_approx: the Laplace bridge needs at least 2 classes; use 'probit' or 'mc'")
+        n_samples = _la._n_samples(n_samples, "n_samples")
+        if n_samples == 0 and (pred_type == "nn" or link_approx == "mc"):
+            raise ValueError(f"n_samples: expected >= 1 for pred_type={pred_type!r}, "
+                             f"link_approx={link_approx!r}, got 0")
+        return n_samples
+
+    def _test_points(self, X, jacobians, f_map, pred_type):
+        """The predictive's inputs as (cache, X): test inputs X of the network, or,
+        for a posterior from Jacobians, their Jacobians and MAP outputs."""
+        self._check_fit()
+        if jacobians is None and f_map is None:
+            X = self._check_X_net(X)
+            return (("lazy", X) if pred_type == "glm" else None), X
+        if jacobians is None or f_map is None:
+            raise TypeError("predictive: pass both jacobians= and f_map=")
+        if pred_type != "glm":
+            raise ValueError("pred_type: only 'glm' is available from Jacobians")
+        J = self._check_J(jacobians)
+        N, K = J.shape[0], self.n_outputs
+        mu = _real_array(f_map, "f_map")
+        if mu.shape not in ((N, K),) + (((N,),) if K == 1 else ()):
+            raise ValueError(f"f_map: expected shape ({N}, {K}) like the jacobians' first two axes, "
+                             f"got {mu.shape}")
+        if not np.all(np.isfinite(mu)):
+            raise ValueError("f_map: contains NaN or Inf")
+        mu = mu.reshape(N, K).astype(self.dtype)
+        return ("mem", [(mu, _Jacobians(J=J))]), None
+
     def predictive(self, X=None, pred_type="glm", link_approx="probit", n_samples=100, seed=None,
-                   jacobians=None, f_map=None):
+                   jacobians=None, f_map=None, joint=False):
         r"""Posterior predictive at inputs ``X``.
 
         Parameters
@@ -1307,104 +1398,119 @@ class Laplace:
         pred_type : {"glm", "nn"}
             ``"glm"``: linearised network :math:`f \sim \mathcal N(f(x,\theta^*), J P^{-1} J^\top)`;
             ``"nn"``: average over ``n_samples`` posterior parameter draws.
-        link_approx : {"probit", "mc", "bridge"}
+        link_approx : {"probit", "mc", "bridge", "bridge_norm"}
             Classification with ``"glm"``: probit
             :math:`\mathrm{softmax}(\mu/\sqrt{1 + \tfrac\pi8 \mathrm{diag}\Sigma})`, Monte
             Carlo over ``n_samples`` function draws, or the Laplace bridge
-            (multi-class only).
+            (multi-class only); ``"bridge_norm"`` first rescales the centred
+            logits by :math:`1/\sqrt{m}` and their variances by :math:`1/m`, with
+            :math:`m = \mathrm{mean}_k \Sigma_{kk} / \sqrt{K/2}` (laplace-torch's
+            normalised bridge).
         n_samples : int
         seed : int or None
         jacobians, f_map : arrays
             For a posterior built by :meth:`from_jacobians`: (N, K, D) Jacobians
             and (N, K) MAP outputs at the test points (instead of ``X``).
+        joint : bool
+            Regression with ``"glm"`` only: the joint predictive over all test
+            points, mean (N K,) and covariance (N K, N K)
+            :math:`J P^{-1} J^\top + \sigma^2 I`, rows ordered (point, output).
+            Memory O(N K D) for the Jacobians and O(N² K²) for the result.
 
         Returns
         -------
         regression : (mean, variance), each (N, K)
             The variance INCLUDES the observation noise: ``diag(J P⁻¹ Jᵀ) + σ²``
-            (GLM) or the sample variance of f plus ``σ²`` (NN).
+            (GLM) or the sample variance of f plus ``σ²`` (NN). With
+            ``joint=True``: (mean (N K,), covariance (N K, N K)).
         classification : (N, C) class probabilities.
         binary : (N,) probabilities of y = 1.
         """
-        self._check_fit()
-        _choice(pred_type, PRED_TYPES, "pred_type")
-        _choice(link_approx, LINK_APPROXES, "link_approx")
-        if link_approx == "bridge" and self.likelihood == "binary":
-            raise ValueError("link_approx: the Laplace bridge needs at least 2 classes; use 'probit' or 'mc'")
-        n_samples = _la._n_samples(n_samples, "n_samples")
-        if n_samples == 0 and (pred_type == "nn" or link_approx == "mc"):
-            raise ValueError(f"n_samples: expected >= 1 for pred_type={pred_type!r}, "
-                             f"link_approx={link_approx!r}, got 0")
-        if jacobians is not None or f_map is not None:
-            if jacobians is None or f_map is None:
-                raise TypeError("predictive: pass both jacobians= and f_map=")
-            if pred_type != "glm":
-                raise ValueError("pred_type: only 'glm' is available from Jacobians")
-            J = self._check_J(jacobians)
-            N, K = J.shape[0], self.n_outputs
-            mu = _real_array(f_map, "f_map")
-            if mu.shape not in ((N, K),) + (((N,),) if K == 1 else ()):
-                raise ValueError(f"f_map: expected shape ({N}, {K}) like the jacobians' first two axes, "
-                                 f"got {mu.shape}")
-            if not np.all(np.isfinite(mu)):
-                raise ValueError("f_map: contains NaN or Inf")
-            mu = mu.reshape(N, K).astype(self.dtype)
-            cache = ("mem", [(mu, _Jacobians(J=J))])
-        else:
-            X = self._check_X_net(X)
-            if pred_type == "nn":
-                return self._nn_predictive(X, n_samples, seed)
-            cache = ("lazy", X)
+        n_samples = self._pred_args(pred_type, link_approx, n_samples)
+        if joint:
+            if self.likelihood != "regression" or pred_type != "glm":
+                raise ValueError("joint: only for likelihood='regression' with pred_type='glm'")
+            cache, X = self._test_points(X, jacobians, f_map, pred_type)
+            if X is None:
+                (mu, jac), = cache[1]
+                J = jac.dense
+            else:
+                Z = self._inputs(X)
+                mu, J = self._model(Z), jacobian(self._model, Z)
+            cov = self._kernel_dense(J, J)
+            cov[np.diag_indices_from(cov)] += self._sigma ** 2
+            return np.asarray(mu, dtype=np.float64).reshape(-1), cov
+        cache, X = self._test_points(X, jacobians, f_map, pred_type)
         return self._predict_from_cache(cache, self._prior, pred_type, link_approx, n_samples, seed, X)
 
     __call__ = predictive
 
-    def _predict_from_cache(self, cache, prior, pred_type, link_approx, n_samples, seed, X):
+    def functional_samples(self, X=None, pred_type="glm", n_samples=100, seed=None,
+                           jacobians=None, f_map=None):
+        r"""Draws of the network outputs :math:`f(x)` under the posterior, (n_samples, N, K).
+
+        ``"glm"``: :math:`f \sim \mathcal N(f(x,\theta^*), J_n P^{-1} J_n^\top)` per
+        input (the correlations between outputs are kept, those between inputs
+        are not); ``"nn"``: :math:`f(x, \theta_s)` for parameter draws
+        :math:`\theta_s` (:meth:`sample`). Same ``seed`` as :meth:`predictive`
+        gives the draws its Monte Carlo average uses. No observation noise.
+        """
+        n_samples = self._pred_args(pred_type, "mc", n_samples)
+        cache, X = self._test_points(X, jacobians, f_map, pred_type)
+        return self._f_samples(cache, self._prior, pred_type, n_samples, seed, X)
+
+    def predictive_samples(self, X=None, pred_type="glm", n_samples=100, seed=None,
+                           jacobians=None, f_map=None):
+        r"""The inverse link applied to :meth:`functional_samples`, as laplace-torch's
+        ``predictive_samples``: class probabilities (n_samples, N, C) for
+        classification, P(y = 1) (n_samples, N) for binary, the outputs
+        themselves (n_samples, N, K) for regression (no observation noise: add
+        ``sigma_noise`` draws for samples of y). ``predictive(..., link_approx="mc")``
+        is their mean for the same ``seed``.
+        """
+        return self._inverse_link(self.functional_samples(X, pred_type, n_samples, seed, jacobians, f_map))
+
+    def _inverse_link(self, F):
+        if self.likelihood == "classification":
+            return _softmax(F)
+        if self.likelihood == "binary":
+            return _sigmoid(F[..., 0])
+        return F
+
+    def _f_samples(self, cache, prior, pred_type, n_samples, seed, X):
+        """(n_samples, N, K) float64 output draws (see functional_samples)."""
         if pred_type == "nn":
-            saved = self._prior
-            self._prior = prior
-            try:
-                return self._nn_predictive(X, n_samples, seed)
-            finally:
-                self._prior = saved
-        mu, fv_native = self._fv_and_mean(cache, prior)
-        mu = mu.astype(np.float64)
-        fv = fv_native.astype(np.float64)
+            theta = np.asarray(self._model.theta, dtype=self.dtype)
+            thetas = self._post.sample(n_samples, resolve_seed(seed), self._c(), prior, theta)
+            Z = self._inputs(X)
+            model = self._model.copy()
+            F = []
+            for th in thetas:
+                model.theta = th
+                F.append(np.asarray(model(Z), dtype=np.float64))
+            return np.stack(F)
+        mu, fv = self._fv_and_mean(cache, prior)
+        # f = mu + S z with S S^T = Sigma_n; the square root tolerates the rounding
+        # of the posterior's precision
+        S = _core.psd_sqrt(fv).astype(np.float64)
+        N, K = mu.shape
+        Z = _core.standard_normal(n_samples, N * K, False, resolve_seed(seed)).reshape(n_samples, N, K)
+        return mu.astype(np.float64)[None] + np.einsum("nkj,snj->snk", S, Z)
+
+    def _predict_from_cache(self, cache, prior, pred_type, link_approx, n_samples, seed, X):
+        if pred_type == "nn" or link_approx == "mc" and self.likelihood != "regression":
+            F = self._f_samples(cache, prior, pred_type, n_samples, seed, X)
+            if self.likelihood == "regression":
+                return F.mean(0), F.var(0) + self._sigma ** 2
+            return self._inverse_link(F).mean(0)
+        mu, fv = self._fv_and_mean(cache, prior)
+        mu, fv = mu.astype(np.float64), fv.astype(np.float64)
         if self.likelihood == "regression":
             return mu, np.diagonal(fv, axis1=1, axis2=2) + self._sigma ** 2
         if link_approx == "probit":
             kappa = 1.0 / np.sqrt(1.0 + math.pi / 8.0 * np.diagonal(fv, axis1=1, axis2=2))
-            if self.likelihood == "binary":
-                return _sigmoid(kappa[:, 0] * mu[:, 0])
-            return _softmax(kappa * mu)
-        if link_approx == "bridge":
-            return _bridge(mu, fv)
-        # Monte Carlo over f ~ N(mu, Sigma_n), S S^T = Sigma_n; the square root in
-        # the posterior's precision, whose rounding it must tolerate
-        S = _core.psd_sqrt(fv_native).astype(np.float64)
-        N, K = mu.shape
-        Z = _core.standard_normal(n_samples, N * K, False, resolve_seed(seed)).reshape(n_samples, N, K)
-        f = mu[None] + np.einsum("nkj,snj->snk", S, Z)
-        if self.likelihood == "binary":
-            return _sigmoid(f[..., 0]).mean(0)
-        return _softmax(f).mean(0)
-
-    def _nn_predictive(self, X, n_samples, seed):
-        if n_samples < 1:
-            raise ValueError("n_samples: expected >= 1 for pred_type='nn'")
-        thetas = self.sample(n_samples, seed)
-        Z = self._inputs(X)
-        model = self._model.copy()
-        outs = []
-        for th in thetas:
-            model.theta = th
-            outs.append(np.asarray(model(Z), dtype=np.float64))
-        F = np.stack(outs)
-        if self.likelihood == "regression":
-            return F.mean(0), F.var(0) + self._sigma ** 2
-        if self.likelihood == "binary":
-            return _sigmoid(F[..., 0]).mean(0)
-        return _softmax(F).mean(0)
+            return self._inverse_link(kappa * mu)
+        return _bridge(mu, fv, normalized=link_approx == "bridge_norm")
 
     def _nll(self, out, y):
         """Mean negative log-likelihood of labels y under a predictive output."""

@@ -808,3 +808,227 @@ def test_mc_link_tolerates_float32_rounding_of_a_singular_variance():
         e = np.exp(f - f.max(1, keepdims=True))
         exact = (w[:, None] * e / e.sum(1, keepdims=True)).sum(0) / w.sum()
         np.testing.assert_allclose(p_mc[n], exact, atol=0.01)
+
+
+# ---------------------------------------------------------------------------
+# laplace-torch's other entry points: posterior density, predictive draws,
+# joint regression predictive, normalised bridge
+# ---------------------------------------------------------------------------
+def _prior_of(kind, model):
+    L = len(model.layers)
+    return {"scalar": 0.4, "layer": np.linspace(0.3, 1.2, L),
+            "param": np.linspace(0.2, 2.0, model.num_params)}[kind]
+
+
+@pytest.mark.parametrize("structure, prior_kind", [(s, k) for s in STRUCTURES for k in ("scalar", "layer", "param")
+                                                   if not (s == "kron" and k == "param")])
+@pytest.mark.parametrize("subset", ["all", "last_layer"])
+def test_log_prob_is_the_dense_gaussian_density(structure, subset, prior_kind):
+    """log_prob against the Gaussian density written out from the brute-force
+    precision (slogdet and a dense quadratic form), at several points."""
+    net, X, y = make("regression")
+    model = net if subset == "all" else last_layer_model(net)
+    prior = _prior_of(prior_kind, model)
+    la = pk.Laplace(net, "regression", structure, subset, prior_precision=prior, sigma_noise=0.6,
+                    temperature=1.3).fit((X, y))
+    P, _, _ = brute_precision(net, X, y, "regression", structure, subset, prior, 0.6, 1.3)
+    D = P.shape[0]
+    rng = np.random.default_rng(1)
+    theta = la.mean + rng.normal(size=(5, D)) * 0.4
+    delta = theta - la.mean
+    quad = np.einsum("nd,de,ne->n", delta, P, delta)
+    ref = -0.5 * quad + 0.5 * np.linalg.slogdet(P)[1] - 0.5 * D * math.log(2 * math.pi)
+    np.testing.assert_allclose(la.log_prob(theta), ref, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(la.square_norm(theta), quad, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(la.log_prob(theta, normalized=False), -0.5 * quad, rtol=1e-10, atol=1e-12)
+    one = la.log_prob(theta[2])
+    assert isinstance(one, float) and one == pytest.approx(ref[2], rel=1e-10)
+    assert la.log_prob(la.mean) > la.log_prob(theta).max()  # the mode
+
+
+def test_log_prob_factored_kron_damping_and_float32():
+    net, X, y = make("classification")
+    la = pk.Laplace(net, "classification", "kron", prior_precision=0.5, kron_damping="factored").fit((X, y))
+    P = la.posterior_precision_dense()
+    rng = np.random.default_rng(2)
+    theta = la.mean + rng.normal(size=(3, la.n_params))
+    d = theta - la.mean
+    np.testing.assert_allclose(la.square_norm(theta), np.einsum("nd,de,ne->n", d, P, d), rtol=1e-10)
+    net32, X32, y32 = make("classification", dtype=np.float32)
+    net64 = pk.MLP.from_params([(l.W, l.b) for l in net32.layers], dtype=np.float64)
+    la32 = pk.Laplace(net32, "classification", "full", prior_precision=0.5).fit((X32.astype(np.float32), y32))
+    la64 = pk.Laplace(net64, "classification", "full", prior_precision=0.5).fit((X32, y32))
+    th = la64.mean + rng.normal(size=(2, la64.n_params)) * 0.1
+    np.testing.assert_allclose(la32.log_prob(th), la64.log_prob(th), rtol=1e-4)
+
+
+def test_log_prob_input_checks():
+    la, net, X, y = fit("classification", "diag")
+    D = la.n_params
+    theta = np.asarray(la.mean + 0.1, dtype=np.float64)
+    before = theta.copy()
+    la.log_prob(theta)
+    np.testing.assert_array_equal(theta, before)
+    with pytest.raises(ValueError, match=rf"theta: expected shape \({D},\) or \(n, {D}\)"):
+        la.log_prob(theta[:-1])
+    with pytest.raises(ValueError, match="theta: contains NaN"):
+        la.log_prob(np.where(np.arange(D) == 3, np.nan, theta))
+    with pytest.raises(TypeError, match="theta"):
+        la.log_prob(np.array(["a"] * D))
+    with pytest.raises(RuntimeError, match="fit"):
+        pk.Laplace(net, "classification", "diag").log_prob(theta)
+    J = pk.jacobian(net, X)
+    lj = pk.Laplace.from_jacobians(J, f_map=net(X), likelihood="classification", y=y)
+    with pytest.raises(ValueError, match="theta_map"):
+        lj.log_prob(theta)
+    lj = pk.Laplace.from_jacobians(J, f_map=net(X), likelihood="classification", y=y, theta_map=net.theta)
+    P = lj.posterior_precision_dense()
+    d = theta - net.theta
+    assert lj.square_norm(theta) == pytest.approx(d @ P @ d, rel=1e-10)
+
+
+@pytest.mark.parametrize("structure", STRUCTURES)
+def test_functional_samples_have_the_glm_mean_and_covariance(structure):
+    la, net, X, y = fit("classification", structure, prior=0.5)
+    Xt = X[:2]
+    S = 20000
+    F = la.functional_samples(Xt, n_samples=S, seed=5)
+    assert F.shape == (S, 2, 3) and F.dtype == np.float64
+    fv = la.functional_variance(Xt)
+    mu = net(Xt)
+    for n in range(2):
+        sd = np.sqrt(np.diag(fv[n]))
+        assert np.all(np.abs(F[:, n].mean(0) - mu[n]) < 5 * sd / np.sqrt(S))
+        C = np.cov(F[:, n].T)
+        # sd of a sample covariance entry: sqrt((S_ij^2 + S_ii S_jj) / S)
+        tol = 5 * np.sqrt((fv[n] ** 2 + np.outer(sd ** 2, sd ** 2)) / S)
+        assert np.all(np.abs(C - fv[n]) < tol)
+    np.testing.assert_array_equal(F, la.functional_samples(Xt, n_samples=S, seed=5))
+
+
+@pytest.mark.parametrize("likelihood", ["regression", "classification", "binary"])
+@pytest.mark.parametrize("pred_type", ["glm", "nn"])
+def test_predictive_samples_are_the_linked_draws_the_predictive_averages(likelihood, pred_type):
+    sigma = 0.5 if likelihood == "regression" else 1.0
+    la, net, X, y = fit(likelihood, "kron", prior=0.5, sigma=sigma)
+    Xt = X[:4]
+    F = la.functional_samples(Xt, pred_type, n_samples=40, seed=8)
+    P = la.predictive_samples(Xt, pred_type, n_samples=40, seed=8)
+    if likelihood == "classification":
+        e = np.exp(F - F.max(-1, keepdims=True))
+        np.testing.assert_allclose(P, e / e.sum(-1, keepdims=True), atol=1e-15)
+        np.testing.assert_allclose(P.sum(-1), 1, atol=1e-12)
+    elif likelihood == "binary":
+        assert P.shape == (40, 4)
+        np.testing.assert_allclose(P, 1 / (1 + np.exp(-F[..., 0])), atol=1e-15)
+    else:
+        np.testing.assert_array_equal(P, F)  # regression: no observation noise
+    if pred_type == "nn":  # the draws are the network at parameter samples
+        thetas = la.sample(40, seed=8)
+        m = net.copy()
+        for s in (0, 17, 39):
+            m.theta = thetas[s]
+            np.testing.assert_allclose(F[s], m(Xt), atol=1e-12)
+    if likelihood == "regression":
+        mean, var = la.predictive(Xt, pred_type=pred_type, n_samples=40, seed=8)
+        if pred_type == "nn":
+            np.testing.assert_allclose(mean, F.mean(0), atol=1e-14)
+            np.testing.assert_allclose(var, F.var(0) + sigma ** 2, atol=1e-14)
+    else:
+        link = "mc" if pred_type == "glm" else "probit"
+        np.testing.assert_array_equal(la.predictive(Xt, pred_type, link_approx=link, n_samples=40, seed=8),
+                                      P.mean(0))
+
+
+def test_predictive_samples_from_jacobians_and_errors():
+    la, net, X, y = fit("classification", "full", prior=0.5)
+    J = pk.jacobian(net, X)
+    lj = pk.Laplace.from_jacobians(J, f_map=net(X), likelihood="classification", y=y, prior_precision=0.5,
+                                   theta_map=net.theta)
+    Jt, Ft = pk.jacobian(net, X[:3]), net(X[:3])
+    np.testing.assert_allclose(lj.predictive_samples(jacobians=Jt, f_map=Ft, n_samples=7, seed=1),
+                               la.predictive_samples(X[:3], n_samples=7, seed=1), atol=1e-10)
+    with pytest.raises(ValueError, match="pred_type: only 'glm'"):
+        lj.functional_samples(jacobians=Jt, f_map=Ft, pred_type="nn")
+    with pytest.raises(TypeError, match="pass both jacobians= and f_map="):
+        lj.functional_samples(jacobians=Jt)
+    with pytest.raises(ValueError, match="n_samples"):
+        la.functional_samples(X, n_samples=0)
+    with pytest.raises(ValueError, match="pred_type"):
+        la.predictive_samples(X, pred_type="laplace")
+    with pytest.raises(RuntimeError, match="fit"):
+        pk.Laplace(net, "classification", "full").functional_samples(X)
+
+
+@pytest.mark.parametrize("structure", STRUCTURES)
+def test_joint_regression_predictive_is_the_dense_gp_form(structure):
+    """joint=True: mean f(X) flattened and J P^-1 J^T + sigma^2 I over all test
+    points, from dense Jacobians and the brute-force covariance."""
+    sigma = 0.6
+    la, net, X, y = fit("regression", structure, prior=0.7, sigma=sigma)
+    Xt = np.random.default_rng(3).normal(size=(5, X.shape[1]))
+    mean, cov = la.predictive(Xt, joint=True)
+    P, _, _ = brute_precision(net, X, y, "regression", structure, "all", 0.7, sigma)
+    J = pk.jacobian(net, Xt).reshape(5 * 3, -1)
+    np.testing.assert_allclose(mean, net(Xt).reshape(-1), atol=1e-12)
+    np.testing.assert_allclose(cov, J @ np.linalg.solve(P, J.T) + sigma ** 2 * np.eye(15), rtol=1e-8, atol=1e-10)
+    m2, var = la.predictive(Xt)
+    np.testing.assert_allclose(np.diag(cov).reshape(5, 3), var, rtol=1e-12)
+    np.testing.assert_allclose(cov - sigma ** 2 * np.eye(15), la.kernel(Xt).reshape(15, 15), rtol=1e-10,
+                               atol=1e-12)
+
+
+def test_joint_predictive_last_layer_from_jacobians_and_errors():
+    la, net, X, y = fit("regression", "full", "last_layer", prior=0.7, sigma=0.4)
+    Xt = X[:4]
+    mean, cov = la.predictive(Xt, joint=True)
+    Phi = net.features(Xt)
+    Jl = pk.jacobian(last_layer_model(net), Phi).reshape(12, -1)
+    C = la.posterior_covariance_dense()
+    np.testing.assert_allclose(cov, Jl @ C @ Jl.T + 0.16 * np.eye(12), rtol=1e-9, atol=1e-12)
+    J = pk.jacobian(net, X)
+    lj = pk.Laplace.from_jacobians(J, f_map=net(X), likelihood="regression", y=y, prior_precision=0.7,
+                                   sigma_noise=0.4)
+    Jt = pk.jacobian(net, Xt)
+    mj, cj = lj.predictive(jacobians=Jt, f_map=net(Xt), joint=True)
+    P = lj.posterior_precision_dense()
+    Jt2 = Jt.reshape(12, -1)
+    np.testing.assert_allclose(cj, Jt2 @ np.linalg.solve(P, Jt2.T) + 0.16 * np.eye(12), rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(mj, net(Xt).reshape(-1))
+    for kw in ({"pred_type": "nn"},):
+        with pytest.raises(ValueError, match="joint: only for likelihood='regression'"):
+            la.predictive(Xt, joint=True, **kw)
+    lc, *_ = fit("classification", "diag")
+    with pytest.raises(ValueError, match="joint: only for likelihood='regression'"):
+        lc.predictive(Xt, joint=True)
+
+
+def test_bridge_norm_is_the_rescaled_bridge():
+    """bridge_norm = the bridge of (mu / sqrt(m), diag Sigma / m) after the
+    sum-zero projection, m = mean_k Sigma_kk / sqrt(K / 2) (Hobbhahn et al.
+    2022, as in laplace-torch): written out here for one input."""
+    from pykfac.laplace import _bridge
+
+    rng = np.random.default_rng(4)
+    K = 4
+    mu = rng.normal(size=(1, K))
+    B = rng.normal(size=(K, K))
+    Sig = (B @ B.T / K + 0.3 * np.eye(K))[None]
+    one = np.ones(K)
+    s = Sig[0] @ one
+    mu_c = mu[0] - s * mu[0].sum() / s.sum()
+    Sig_c = Sig[0] - np.outer(s, s) / s.sum()
+    dv = np.diag(Sig_c)
+    m = dv.mean() / np.sqrt(K / 2)
+    mu_n, dv_n = mu_c / np.sqrt(m), dv / m
+    alpha = (1 - 2 / K + np.exp(mu_n) / K ** 2 * np.exp(-mu_n).sum()) / dv_n
+    np.testing.assert_allclose(_bridge(mu, Sig, normalized=True)[0], alpha / alpha.sum(), rtol=1e-12)
+    assert not np.allclose(_bridge(mu, Sig, normalized=True), _bridge(mu, Sig))
+    la, net, X, y = fit("classification", "kron", prior=0.5)
+    p = la.predictive(X[:5], link_approx="bridge_norm")
+    np.testing.assert_allclose(p, _bridge(net(X[:5]), la.functional_variance(X[:5]), normalized=True),
+                               rtol=1e-12)
+    np.testing.assert_allclose(p.sum(1), 1, atol=1e-12)
+    lb, *_ = fit("binary", "diag")
+    with pytest.raises(ValueError, match="bridge needs at least 2 classes"):
+        lb.predictive(X[:2], link_approx="bridge_norm")
