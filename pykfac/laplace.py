@@ -47,7 +47,7 @@ __all__ = ["Laplace", "LIKELIHOODS", "STRUCTURES"]
 #: likelihood -> pykfac loss
 LIKELIHOODS = {"regression": "mse", "classification": "ce", "binary": "bce"}
 STRUCTURES = ("full", "diag", "kron", "lowrank")
-SUBSETS = ("all", "last_layer")
+SUBSETS = ("all", "last_layer", "subnetwork")
 PRED_TYPES = ("glm", "nn")
 LINK_APPROXES = ("probit", "mc", "bridge", "bridge_norm")
 # save files: version 2 added posteriors built by from_jacobians, version 3 the
@@ -82,6 +82,22 @@ def _real_array(value, name):
     if arr.dtype.kind not in "iuf":
         raise TypeError(f"{name}: expected real numbers, got {type(value).__name__} of dtype {arr.dtype}")
     return np.array(arr, dtype=np.float64)
+
+
+def _subnet_indices(value, D):
+    """Sorted unique int64 indices in [0, D) from subnetwork_indices."""
+    idx = np.asarray(value)
+    if idx.ndim != 1 or idx.size == 0:
+        raise ValueError(f"subnetwork_indices: expected a non-empty 1-D array, got shape {idx.shape}")
+    if idx.dtype.kind not in "iu":
+        raise TypeError(f"subnetwork_indices: expected integers, got dtype {idx.dtype}")
+    if idx.min() < 0 or idx.max() >= D:
+        raise ValueError(f"subnetwork_indices: expected indices in [0, {D}) (net.theta), "
+                         f"got range [{idx.min()}, {idx.max()}]")
+    out = np.unique(idx.astype(np.int64))
+    if out.size != idx.size:
+        raise ValueError("subnetwork_indices: contains repeated indices")
+    return out
 
 
 def _choice(value, options, name):
@@ -139,8 +155,8 @@ class _Prior:
         v = np.asarray(v, dtype=np.float64)
         if self.kind == "scalar":
             return np.array([v.sum()])
-        if self.kind == "layer":
-            return np.add.reduceat(v, self.offsets[:-1])
+        if self.kind == "layer":  # (reduceat would misread empty layers of a subnetwork)
+            return np.array([v[o:p].sum() for o, p in zip(self.offsets[:-1], self.offsets[1:])])
         return v
 
     def group_sizes(self):
@@ -258,6 +274,10 @@ class _Posterior:
         """P V for V (D, m) in the posterior's dtype."""
         raise NotImplementedError
 
+    def variance(self, c, prior):
+        """(D,) float64 diagonal of P^-1."""
+        raise NotImplementedError
+
 
 class _FullPosterior(_Posterior):
     structure = "full"
@@ -328,6 +348,9 @@ class _FullPosterior(_Posterior):
     def covariance_dense(self, c, prior):
         return self._factor(c, prior).inverse()
 
+    def variance(self, c, prior):
+        return np.diag(self._factor(c, prior).inverse()).astype(np.float64)
+
     @property
     def dense_jacobians(self):
         return len(self.offsets) > 2
@@ -370,6 +393,9 @@ class _DiagPosterior(_Posterior):
 
     def matvec(self, V, c, prior):
         return self._p(c, prior).astype(self.dtype)[:, None] * self._rhs(V)
+
+    def variance(self, c, prior):
+        return 1.0 / self._p(c, prior)
 
     def covariance_dense(self, c, prior):
         return np.diag(1.0 / self._p(c, prior)).astype(self.dtype)
@@ -472,6 +498,21 @@ class _KronPosterior(_Posterior):
 
     def matvec(self, V, c, prior):
         return self._apply(V, c, prior, 1.0)
+
+    def variance(self, c, prior):
+        """Per layer, Var[Wbar] = (QG o QG) diag-inverse (QA o QA)^T: two GEMMs."""
+        out = np.empty(self.D)
+        for l, ((g, a), (wG, QG, wA, QA), d) in enumerate(zip(self._w, self.eig, self._layers(prior))):
+            if self.factored:
+                s = math.sqrt(d)
+                inv = np.outer(1.0 / (c * g + s), 1.0 / (a + s))
+            else:
+                inv = 1.0 / (c * np.outer(g, a) + d)
+            QG2, QA2 = np.square(QG, dtype=np.float64), np.square(QA, dtype=np.float64)
+            Vbar = QG2 @ inv @ QA2.T  # (out, in + 1): [W b]
+            o, p = self.offsets[l], self.offsets[l + 1]
+            out[o:p] = np.concatenate([Vbar[:, :-1].ravel(), Vbar[:, -1]])
+        return out
 
     dense_jacobians = False
 
@@ -608,6 +649,12 @@ class _LowRankPosterior(_Posterior):
         V = self._rhs(V)
         return _core.lowrank_apply(self.Q, 0.0, c * self._s64, V) + prior.diag.astype(self.dtype)[:, None] * V
 
+    def variance(self, c, prior):
+        if prior.kind == "scalar":
+            a0, dv = self._spectral(c, prior.values[0], -1.0)
+            return a0 + np.square(self.Q, dtype=np.float64) @ dv
+        return _la.woodbury_diag_inverse(prior.diag, self._U(c)).astype(np.float64)
+
     def sample(self, n, seed, c, prior, mean):
         if prior.kind == "scalar":
             Zt = _normals(self.D, n, self.dtype, seed)  # columns are draws
@@ -725,9 +772,17 @@ class Laplace:
         Losses ``mse`` (labels (N, K) floats), ``ce`` (integer labels (N,)) and
         ``bce`` (one output, labels 0/1).
     structure : {"full", "diag", "kron", "lowrank"}
-    subset : {"all", "last_layer"}
+    subset : {"all", "last_layer", "subnetwork"}
         ``"last_layer"``: the posterior over the last layer only, with
         features ``net.features(X)`` and the exact GGN of that (linear) layer.
+        ``"subnetwork"``: over the parameters ``subnetwork_indices`` only (the
+        others stay at the MAP; Daxberger et al. 2021), with ``"full"`` (the
+        exact GGN block, from the Jacobian columns of the subnetwork, which are
+        gathered from the layer factors: O(N K S) memory, never O(N K D)) or
+        ``"diag"``.
+    subnetwork_indices : array_like of int, optional
+        With ``subset="subnetwork"``: indices into ``net.theta`` (unique; the
+        posterior's parameters are these in ascending order).
     prior_precision : float or array_like
         Scalar, one value per layer (``W`` and ``b`` of a layer share it) or
         one per parameter (not for ``"kron"``). Must be > 0.
@@ -754,19 +809,28 @@ class Laplace:
     ----------
     mean : ndarray (D,)
         :math:`\theta^*` of the parameters under the posterior (the last layer's for
-        ``subset="last_layer"``).
+        ``subset="last_layer"``, ``net.theta[subnetwork_indices]`` for a subnetwork).
     n_params, n_data, n_outputs, loss : int, int, int, float
         ``loss`` is the summed training loss at the MAP.
     """
 
     def __init__(self, net, likelihood="classification", structure="kron", subset="all",
                  prior_precision=1.0, sigma_noise=1.0, temperature=1.0, prior_mean=0.0,
-                 kind="exact", mc_samples=1, rank=None, kron_damping="exact", seed=None):
+                 kind="exact", mc_samples=1, rank=None, kron_damping="exact", seed=None,
+                 subnetwork_indices=None):
         if net is not None and not isinstance(net, MLP):
             raise TypeError(f"net: expected a pykfac.MLP, got {type(net).__name__}")
         self.likelihood = _choice(likelihood, LIKELIHOODS, "likelihood")
         self.structure = _choice(structure, STRUCTURES, "structure")
         self.subset = _choice(subset, SUBSETS, "subset")
+        if subset == "subnetwork":
+            if subnetwork_indices is None:
+                raise ValueError("subnetwork_indices: subset='subnetwork' needs the indices of its parameters")
+            if structure not in ("full", "diag"):
+                raise ValueError(f"structure: subset='subnetwork' supports 'full' or 'diag', got {structure!r}")
+        elif subnetwork_indices is not None:
+            raise ValueError("subnetwork_indices: only used with subset='subnetwork'")
+        self._sub_init = subnetwork_indices
         self.lossname = LIKELIHOODS[likelihood]
         kinds = {"kron": tuple(KFAC_KINDS), "diag": ("exact", "mc", "empirical")}.get(structure, ("exact",))
         self.kind = _choice(kind, kinds, f"kind (structure={structure!r})")
@@ -809,21 +873,63 @@ class Laplace:
     def _set_model(self, net):
         """Private copies: the full net (features) and the model the posterior is over."""
         self._net = net.copy()
-        if self.subset == "all":
-            self._model = self._net
-        else:
+        if self.subset == "last_layer":
             last = self._net.layers[-1]
             self._model = MLP.from_params([(last.W, last.b)], dtype=self._net.dtype)
+        else:
+            self._model = self._net
         self._offsets = [0]
         for layer in self._model.layers:
             self._offsets.append(self._offsets[-1] + layer.num_params)
+        self._sub = None
+        if self.subset == "subnetwork":
+            self._sub = _subnet_indices(self._sub_init, self._offsets[-1])
+            # the posterior's layers: the subnetwork's parameters in each (some may be empty)
+            self._offsets = [int(v) for v in np.searchsorted(self._sub, self._offsets)]
         self.dtype = self._model.dtype
 
     def _inputs(self, X):
         """What the posterior's model sees: X, or the penultimate features."""
-        if self.subset == "all":
+        if self.subset != "last_layer":
             return X
         return self._net.features(X)
+
+    def _theta_star(self):
+        """The MAP of the posterior's parameters (None: from Jacobians without theta_map)."""
+        if self._from_jac:
+            return self._theta_map
+        theta = self._model.theta
+        return theta if self._sub is None else theta[self._sub]
+
+    def _full_thetas(self, thetas):
+        """Rows of the posterior model's parameters from rows of the posterior's own."""
+        if self._sub is None:
+            return thetas
+        full = np.tile(self._model.theta, (thetas.shape[0], 1))
+        full[:, self._sub] = thetas
+        return full
+
+    def _jacobians(self, Z):
+        """_Jacobians of the posterior's parameters at model inputs Z: for a
+        subnetwork, its columns gathered from the layer factors, J[n, k, (i, j)]
+        = g[n, k, i] abar[n, j]."""
+        jac = _Jacobians(self._model, Z)
+        if self._sub is None:
+            return jac
+        N, K = Z.shape[0], self.n_outputs
+        J = np.empty((N, K, self.n_params), dtype=self.dtype)
+        full_off = np.cumsum([0] + [layer.num_params for layer in self._model.layers])
+        for l, (G, Abar) in enumerate(jac.factors()):
+            o, p = self._offsets[l], self._offsets[l + 1]
+            if o == p:
+                continue
+            local = self._sub[o:p] - full_off[l]
+            n_in = Abar.shape[1] - 1
+            n_w = G.shape[2] * n_in
+            rows = np.where(local < n_w, local // n_in, local - n_w)
+            cols = np.where(local < n_w, local % n_in, n_in)
+            np.multiply(G[:, :, rows], Abar[:, None, cols], out=J[:, :, o:p])
+        return _Jacobians(J=J)
 
     @property
     def n_params(self):
@@ -832,9 +938,8 @@ class Laplace:
     @property
     def mean(self):
         self._check_fit()
-        if self._from_jac:
-            return None if self._theta_map is None else self._theta_map.copy()
-        return self._model.theta.copy()
+        theta = self._theta_star()
+        return None if theta is None else theta.copy()
 
     def _check_fit(self):
         if self._post is None:
@@ -983,7 +1088,11 @@ class Laplace:
             X = self._check_X(X)
             y = self._labels(y, X.shape[0])
             Z = self._inputs(X)
-            if self.structure == "full":
+            if self.structure == "full" and self._sub is not None:
+                Hb = self._subnet_ggn(Z)
+                H = Hb if H is None else H + Hb
+                loss_total += _loss_value(model, Z, y, lossname)
+            elif self.structure == "full":
                 if model.n_layers == 1:  # a linear model (last layer): Kronecker-sum GGN
                     Hb = _la.ggn_linear(Z, output_curvature(model, Z, lossname).hessian)
                 else:
@@ -1022,7 +1131,7 @@ class Laplace:
         if self.structure == "full":
             post = _FullPosterior(H, self._offsets)
         elif self.structure == "diag":
-            post = _DiagPosterior(h, self._offsets)
+            post = _DiagPosterior(h if self._sub is None else h[self._sub], self._offsets)
         elif self.structure == "kron":
             for a in A:
                 a /= n_total
@@ -1044,6 +1153,18 @@ class Laplace:
         self._prior_mean = self._check_prior_mean(self._prior_mean_init)
         return self
 
+    def _subnet_ggn(self, Z):
+        """The subnetwork's GGN block sum_n J_n^T Lambda_n J_n over Z, in row chunks
+        whose gathered Jacobian columns stay near _J_CHUNK_BYTES."""
+        model, S = self._model, self.n_params
+        rows = self._chunk_rows()
+        H = np.zeros((S, S), dtype=self.dtype)
+        for i in range(0, Z.shape[0], rows):
+            Zc = Z[i:i + rows]
+            H += _la.ggn_from_jacobians(self._jacobians(Zc).dense,
+                                        output_curvature(model, Zc, self.lossname).hessian)
+        return H
+
     # ---- marginal likelihood ---------------------------------------------------------
     def log_likelihood(self, sigma_noise=None):
         r""":math:`\log p(y|\theta^*)`: :math:`-L/\sigma^2 - NK\log(\sigma\sqrt{2\pi})` (regression), :math:`-L` otherwise."""
@@ -1059,8 +1180,7 @@ class Laplace:
     def _theta_delta(self):
         if self._from_jac and self._theta_map is None:
             raise RuntimeError("Laplace: pass theta_map to from_jacobians for the marginal likelihood")
-        theta = self._theta_map if self._from_jac else self._model.theta
-        return np.asarray(theta, dtype=np.float64) - self._prior_mean
+        return np.asarray(self._theta_star(), dtype=np.float64) - self._prior_mean
 
     def _lml_and_grad(self, prior, sigma, want_sigma_grad):
         c = self._c(sigma)
@@ -1215,6 +1335,13 @@ class Laplace:
         self._check_fit()
         return self._post.covariance_dense(self._c(), self._prior)
 
+    def posterior_variance(self):
+        """(D,) marginal variances, the diagonal of :math:`P^{-1}` (float64), without
+        forming :math:`P^{-1}` except for ``"full"``: O(D) diag, two GEMMs per layer
+        for kron, O(D r) low rank (scalar prior), O(D³) full."""
+        self._check_fit()
+        return self._post.variance(self._c(), self._prior)
+
     def log_det_posterior_precision(self):
         """:math:`\\log\\det P` (float)."""
         self._check_fit()
@@ -1262,7 +1389,7 @@ class Laplace:
         """
         self._check_fit()
         n = _la._n_samples(n)
-        theta = self._theta_map if self._from_jac else self._model.theta
+        theta = self._theta_star()
         mean = None if theta is None else np.asarray(theta, dtype=self.dtype)
         return self._post.sample(n, resolve_seed(seed), self._c(), self._prior, mean)
 
@@ -1270,7 +1397,10 @@ class Laplace:
     def _chunk_rows(self):
         """Input rows per predictive chunk, so its Jacobian data stays near _J_CHUNK_BYTES."""
         K, item = self.n_outputs, self.dtype.itemsize
-        if self._post.dense_jacobians:
+        if self._sub is not None:  # the layer factors, then the gathered columns
+            sizes = self._model.sizes
+            per_row = K * (self.n_params + sum(sizes[1:])) + sum(s + 1 for s in sizes[:-1])
+        elif self._post.dense_jacobians:
             per_row = K * self.n_params
         else:
             sizes = self._model.sizes
@@ -1284,14 +1414,14 @@ class Laplace:
         rows = self._chunk_rows()
         for i in range(0, Z.shape[0], rows):
             Zc = Z[i:i + rows]
-            yield self._model(Zc), _Jacobians(self._model, Zc)
+            yield self._model(Zc), self._jacobians(Zc)
 
     def _glm_cache(self, X):
         """Jacobians of X kept in memory (formed lazily, then reused) when they fit
         in one chunk, else recomputed per use."""
         Z = self._inputs(X)
         if Z.shape[0] <= self._chunk_rows():
-            return ("mem", [(self._model(Z), _Jacobians(self._model, Z))])
+            return ("mem", [(self._model(Z), self._jacobians(Z))])
         return ("lazy", X)
 
     def _fv_and_mean(self, cache, prior):
@@ -1326,8 +1456,8 @@ class Laplace:
         self._check_fit()
         X1 = self._check_X_net(X1, "X1")
         X2 = X1 if X2 is None else self._check_X_net(X2, "X2")
-        J1 = jacobian(self._model, self._inputs(X1))
-        J2 = J1 if X2 is X1 else jacobian(self._model, self._inputs(X2))
+        J1 = self._jacobians(self._inputs(X1)).dense
+        J2 = J1 if X2 is X1 else self._jacobians(self._inputs(X2)).dense
         return self._kernel_dense(J1, J2).astype(self.dtype).reshape(J1.shape[0], self.n_outputs, J2.shape[0], -1)
 
     def _kernel_dense(self, J1, J2):
@@ -1436,7 +1566,7 @@ class Laplace:
                 J = jac.dense
             else:
                 Z = self._inputs(X)
-                mu, J = self._model(Z), jacobian(self._model, Z)
+                mu, J = self._model(Z), self._jacobians(Z).dense
             cov = self._kernel_dense(J, J)
             cov[np.diag_indices_from(cov)] += self._sigma ** 2
             return np.asarray(mu, dtype=np.float64).reshape(-1), cov
@@ -1480,8 +1610,8 @@ class Laplace:
     def _f_samples(self, cache, prior, pred_type, n_samples, seed, X):
         """(n_samples, N, K) float64 output draws (see functional_samples)."""
         if pred_type == "nn":
-            theta = np.asarray(self._model.theta, dtype=self.dtype)
-            thetas = self._post.sample(n_samples, resolve_seed(seed), self._c(), prior, theta)
+            theta = np.asarray(self._theta_star(), dtype=self.dtype)
+            thetas = self._full_thetas(self._post.sample(n_samples, resolve_seed(seed), self._c(), prior, theta))
             Z = self._inputs(X)
             model = self._model.copy()
             F = []
@@ -1692,7 +1822,7 @@ class Laplace:
             if len(net_sizes) < 2:
                 raise ValueError(f"net_sizes: expected at least 2 sizes, got {net_sizes}")
             subset = _choice(meta["subset"], SUBSETS, "subset")
-            sizes = net_sizes if subset == "all" else net_sizes[-2:]
+            sizes = net_sizes[-2:] if subset == "last_layer" else net_sizes
             if meta["sizes"] != sizes:
                 raise ValueError(f"sizes: {meta['sizes']} does not match net_sizes {net_sizes}")
             offsets = [0]
@@ -1700,7 +1830,15 @@ class Laplace:
                 offsets.append(offsets[-1] + (i + 1) * o)
             net_params = sum((i + 1) * o for i, o in zip(net_sizes[:-1], net_sizes[1:]))
             spec["net_theta"] = ((net_params,), dtype)
-            if meta["offsets"] != offsets:
+            if subset == "subnetwork":  # per layer, the subnetwork's parameters in it
+                sub = _persist.int_list(meta["offsets"], "offsets", lo=0)
+                counts = np.diff(sub)
+                if (len(sub) != len(offsets) or sub[0] != 0 or np.any(counts < 0)
+                        or np.any(counts > np.diff(offsets)) or sub[-1] == 0):
+                    raise ValueError(f"offsets: {meta['offsets']} is not a subnetwork of the network sizes")
+                offsets = sub
+                spec["subnetwork_indices"] = ((offsets[-1],), np.dtype(np.int64))
+            elif meta["offsets"] != offsets:
                 raise ValueError(f"offsets: {meta['offsets']} does not match the network sizes")
         elif source == "jacobians":
             _choice(structure, ("full", "lowrank"), "structure (from_jacobians)")
@@ -1759,6 +1897,8 @@ class Laplace:
                 arrays["theta_map"] = self._theta_map
         else:
             arrays["net_theta"] = self._net.theta
+            if self._sub is not None:
+                arrays["subnetwork_indices"] = self._sub
         arrays.update({"post_" + k: v for k, v in self._post.state().items()})
         _persist.write(path, _FILE_FORMAT, FORMAT_VERSION, self._meta(), arrays)
 
@@ -1828,7 +1968,10 @@ class Laplace:
                      subset=meta["subset"], prior_precision=files["prior_precision"],
                      sigma_noise=meta["sigma_noise"], temperature=meta["temperature"],
                      prior_mean=files["prior_mean"], kind=meta["kind"], mc_samples=meta["mc_samples"],
-                     rank=meta["rank"], kron_damping=meta["kron_damping"])
+                     rank=meta["rank"], kron_damping=meta["kron_damping"],
+                     subnetwork_indices=files.get("subnetwork_indices"))
+            if la._offsets != offsets:
+                raise ValueError("subnetwork_indices: do not match the layer offsets")
             la._post = _POSTERIORS[meta["structure"]].from_state(post_state, la._offsets, meta)
             cls._load_scalars(la, meta)
         return la

@@ -1032,3 +1032,147 @@ def test_bridge_norm_is_the_rescaled_bridge():
     lb, *_ = fit("binary", "diag")
     with pytest.raises(ValueError, match="bridge needs at least 2 classes"):
         lb.predictive(X[:2], link_approx="bridge_norm")
+
+
+@pytest.mark.parametrize("structure, prior_kind", [(s, k) for s in STRUCTURES for k in ("scalar", "layer", "param")
+                                                   if not (s == "kron" and k == "param")])
+@pytest.mark.parametrize("subset", ["all", "last_layer"])
+def test_posterior_variance_is_the_diagonal_of_the_brute_force_covariance(structure, prior_kind, subset):
+    net, X, y = make("classification")
+    model = net if subset == "all" else last_layer_model(net)
+    prior = _prior_of(prior_kind, model)
+    la = pk.Laplace(net, "classification", structure, subset, prior_precision=prior, temperature=0.8).fit((X, y))
+    P, _, _ = brute_precision(net, X, y, "classification", structure, subset, prior, T=0.8)
+    v = la.posterior_variance()
+    assert v.shape == (P.shape[0],) and v.dtype == np.float64
+    np.testing.assert_allclose(v, np.diag(np.linalg.inv(P)), rtol=1e-9)
+
+
+def test_posterior_variance_factored_kron():
+    la, net, X, y = fit("regression", "kron", prior=0.3, sigma=0.5, kron_damping="factored")
+    np.testing.assert_allclose(la.posterior_variance(), np.diag(np.linalg.inv(la.posterior_precision_dense())),
+                               rtol=1e-9)
+
+
+# ---------------------------------------------------------------------------
+# subnetwork Laplace: the posterior over chosen parameters, the rest at the MAP
+# ---------------------------------------------------------------------------
+def _subnet_reference(net, X, y, likelihood, structure, idx, prior, sigma=1.0):
+    """The brute-force precision block of the subnetwork: rows/columns idx of the
+    network's GGN (or its diagonal) plus the prior restricted to idx."""
+    H = pk.ggn(net, X, y, LIKE[likelihood]) / sigma ** 2
+    if structure == "diag":
+        H = np.diag(np.diag(H))
+    return H[np.ix_(idx, idx)] + np.diag(prior_diag(prior, net)[idx])
+
+
+@pytest.mark.parametrize("structure", ["full", "diag"])
+@pytest.mark.parametrize("likelihood", ["regression", "classification", "binary"])
+def test_subnetwork_posterior_is_the_ggn_block(structure, likelihood):
+    sigma = 0.6 if likelihood == "regression" else 1.0
+    net, X, y = make(likelihood, N=15)
+    rng = np.random.default_rng(7)
+    idx = rng.choice(net.num_params, 14, replace=False)
+    prior = np.linspace(0.4, 1.5, len(net.layers))  # per network layer
+    la = pk.Laplace(net, likelihood, structure, "subnetwork", prior_precision=prior, sigma_noise=sigma,
+                    subnetwork_indices=idx).fit((X, y))
+    si = np.sort(idx)
+    P = _subnet_reference(net, X, y, likelihood, structure, si, prior, sigma)
+    assert la.n_params == 14
+    np.testing.assert_array_equal(la.mean, net.theta[si])
+    np.testing.assert_allclose(la.posterior_precision_dense(), P, rtol=1e-10, atol=1e-12)
+    # the LML of CONVENTIONS.md over the subnetwork's parameters
+    p0 = prior_diag(prior, net)[si]
+    delta = net.theta[si]
+    loglik = la.log_likelihood()
+    ref = loglik - 0.5 * delta @ (p0 * delta) - 0.5 * np.linalg.slogdet(P)[1] + 0.5 * np.log(p0).sum()
+    assert la.log_marginal_likelihood() == pytest.approx(ref, rel=1e-10)
+    # GLM predictive from the Jacobian columns of the subnetwork
+    Xt = X[:5]
+    J = pk.jacobian(net, Xt)[:, :, si]
+    fv = J @ np.linalg.solve(P, J.transpose(0, 2, 1))
+    np.testing.assert_allclose(la.functional_variance(Xt), fv, rtol=1e-9, atol=1e-13)
+    np.testing.assert_allclose(la.kernel(Xt).reshape(5 * J.shape[1], -1),
+                               J.reshape(-1, 14) @ np.linalg.solve(P, J.reshape(-1, 14).T), rtol=1e-9, atol=1e-13)
+
+
+def test_subnetwork_of_every_parameter_is_the_full_posterior():
+    net, X, y = make("classification")
+    D = net.num_params
+    for structure in ("full", "diag"):
+        lf = pk.Laplace(net, "classification", structure, prior_precision=0.5).fit((X, y))
+        ls = pk.Laplace(net, "classification", structure, "subnetwork", prior_precision=0.5,
+                        subnetwork_indices=np.arange(D)[::-1]).fit((X, y))
+        np.testing.assert_allclose(ls.posterior_precision_dense(), lf.posterior_precision_dense(), atol=1e-12)
+        assert ls.log_marginal_likelihood() == pytest.approx(lf.log_marginal_likelihood(), rel=1e-12)
+        np.testing.assert_allclose(ls.predictive(X[:4]), lf.predictive(X[:4]), atol=1e-12)
+        np.testing.assert_allclose(ls.sample(3, seed=2), lf.sample(3, seed=2), atol=1e-12)
+
+
+def test_subnetwork_samples_and_nn_predictive_move_only_the_subnetwork():
+    net, X, y = make("classification", N=20)
+    idx = np.array([0, 5, 9, net.num_params - 1, 30])
+    la = pk.Laplace(net, "classification", "full", "subnetwork", prior_precision=0.8,
+                    subnetwork_indices=idx).fit((X, y))
+    S = 20000
+    th = la.sample(S, seed=3)
+    assert th.shape == (S, 5)
+    C = la.posterior_covariance_dense()
+    np.testing.assert_allclose(th.mean(0), net.theta[np.sort(idx)], atol=5 * np.sqrt(np.diag(C).max() / S))
+    np.testing.assert_allclose(np.cov(th.T), C, atol=5 * np.diag(C).max() * np.sqrt(2 / S))
+    F = la.functional_samples(X[:3], "nn", n_samples=4, seed=6)
+    thetas = la.sample(4, seed=6)
+    m = net.copy()
+    for s in range(4):
+        full = net.theta.copy()
+        full[np.sort(idx)] = thetas[s]
+        m.theta = full
+        np.testing.assert_allclose(F[s], m(X[:3]), atol=1e-12)
+
+
+def test_subnetwork_large_batches_are_chunked(monkeypatch):
+    """The Jacobian columns are gathered in row chunks: a tiny chunk budget
+    gives the same GGN block as one chunk."""
+    net, X, y = make("regression", N=40)
+    idx = np.arange(0, net.num_params, 3)
+    ref = pk.Laplace(net, "regression", "full", "subnetwork", subnetwork_indices=idx).fit((X, y))
+    monkeypatch.setattr(laplace_module, "_J_CHUNK_BYTES", 1)
+    la = pk.Laplace(net, "regression", "full", "subnetwork", subnetwork_indices=idx).fit((X, y))
+    np.testing.assert_allclose(la.posterior_precision_dense(), ref.posterior_precision_dense(), atol=1e-12)
+    np.testing.assert_allclose(la.predictive(X)[1], ref.predictive(X)[1], atol=1e-12)
+
+
+def test_subnetwork_save_load_and_errors(tmp_path):
+    net, X, y = make("classification")
+    idx = np.array([3, 1, 40, 41])
+    la = pk.Laplace(net, "classification", "full", "subnetwork", prior_precision=[0.5, 1.0, 2.0],
+                    subnetwork_indices=idx).fit((X, y))
+    la.optimize_prior_precision()
+    la.save(tmp_path / "s.npz")
+    lb = pk.Laplace.load(tmp_path / "s.npz")
+    assert lb.subset == "subnetwork"
+    np.testing.assert_array_equal(lb.predictive(X), la.predictive(X))
+    np.testing.assert_array_equal(lb.sample(5, seed=1), la.sample(5, seed=1))
+    assert lb.log_marginal_likelihood() == la.log_marginal_likelihood()
+    D = net.num_params
+    cases = [
+        (dict(structure="kron", subnetwork_indices=[1]), ValueError,
+         "subset='subnetwork' supports 'full' or 'diag'"),
+        (dict(), ValueError, "subnetwork_indices: subset='subnetwork' needs"),
+        (dict(subnetwork_indices=[1.0, 2.0]), TypeError, "subnetwork_indices: expected integers"),
+        (dict(subnetwork_indices=[0, D]), ValueError, rf"subnetwork_indices: expected indices in \[0, {D}\)"),
+        (dict(subnetwork_indices=[-1, 2]), ValueError, "subnetwork_indices: expected indices"),
+        (dict(subnetwork_indices=[2, 2]), ValueError, "repeated"),
+        (dict(subnetwork_indices=np.zeros((2, 2), int)), ValueError, "1-D"),
+        (dict(subnetwork_indices=[]), ValueError, "non-empty"),
+    ]
+    for kw, exc, msg in cases:
+        kw = {"structure": "full", **kw}
+        with pytest.raises(exc, match=msg):
+            pk.Laplace(net, "classification", subset="subnetwork", **kw)
+    with pytest.raises(ValueError, match="only used with subset='subnetwork'"):
+        pk.Laplace(net, "classification", "full", subnetwork_indices=[1])
+    idx_in = np.array([5, 2, 7])
+    before = idx_in.copy()
+    pk.Laplace(net, "classification", "diag", "subnetwork", subnetwork_indices=idx_in).fit((X, y))
+    np.testing.assert_array_equal(idx_in, before)
