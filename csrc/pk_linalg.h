@@ -124,12 +124,15 @@ int pk_woodbury_sample(pk_dtype_t dtype, int64_t D, int64_t M, int64_t n_alpha,
 
 /* ---- thin eigendecomposition of a low-rank PSD matrix -----------------------
  * U U^T = Q diag(s) Q^T for U (D x M): eigendecomposition of the M x M Gram
- * U^T U = R diag(s) R^T (syevd), then Q = U R diag(s)^-1/2. *rank receives the
- * number r of eigenvalues above M eps max(s) (the rest are roundoff); s (M)
+ * U^T U = R diag(s) R^T (syevd), then Q = U R diag(s)^-1/2. The Gram and its
+ * eigendecomposition are in double for float data too (a float Gram would lose
+ * every singular value under ~2e-4 of the largest). *rank receives the number
+ * r of eigenvalues above max(M eps64, (max(M, D) eps)^2) max(s), eps that of
+ * the dtype: the Gram's roundoff and the data's (the rest); s (M)
  * gets them in DESCENDING order (zeros after r), and the first D r values of
  * the caller's D x M buffer Q get the (D x r) row-major matrix of orthonormal
  * eigenvectors (compact, leading dimension r; the rest is zeroed).
- * Cost O(M^2 D + M^3); scratch 3 M^2 values. When M > D, U U^T (D x D) is
+ * Cost O(M^2 D + M^3); scratch 3 M^2 doubles. When M > D, U U^T (D x D) is
  * decomposed directly instead: cost O(D^2 M + D^3), r <= D. */
 int pk_lowrank_eigh(pk_dtype_t dtype, int64_t D, int64_t M, const void *U, void *s, void *Q,
                     int64_t *rank) PK_MUST_CHECK;

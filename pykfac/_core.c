@@ -177,7 +177,8 @@ void pk_format_shape(char *buf, size_t len, int ndim, const npy_intp *shape, int
     for (int i = 0; i < ndim && pos < len; i++) {
         const char *sep = i ? ", " : "";
         if (symbolic && shape[i] < 0) {
-            pos += (size_t)snprintf(buf + pos, len - pos, "%s%s", sep, used_n ? "*" : "N");
+            /* N names a leading batch axis only; other free axes are * */
+            pos += (size_t)snprintf(buf + pos, len - pos, "%s%s", sep, i == 0 && !used_n ? "N" : "*");
             used_n = 1;
         } else {
             pos += (size_t)snprintf(buf + pos, len - pos, "%s%ld", sep, (long)shape[i]);
@@ -603,8 +604,10 @@ PyArrayObject *pk_arg_labels(PyObject *y, pk_loss_t loss, npy_intp n, int64_t K,
         double v = typenum == NPY_FLOAT32 ? ((const float *)PyArray_DATA(arr))[i]
                                           : ((const double *)PyArray_DATA(arr))[i];
         if (!(v == 0.0 || v == 1.0 || v == -1.0)) {
-            PyErr_Format(PyExc_ValueError, "y: binary labels for loss='bce' must be 0/1 (or -1/+1), got %g at index %ld",
-                         v, (long)i);
+            char got[32]; /* PyErr_Format has no %g */
+            snprintf(got, sizeof got, "%.9g", v);
+            PyErr_Format(PyExc_ValueError, "y: binary labels for loss='bce' must be 0/1 (or -1/+1), got %s at index %ld",
+                         got, (long)i);
             Py_DECREF(arr);
             return NULL;
         }

@@ -109,8 +109,8 @@ def _choice(value, options, name):
 def _clip_eigs(w):
     """Factor eigenvalues in float64 with roundoff-level values (n eps max) set to 0,
     exactly as the C core's Kronecker kernels do."""
+    eps = np.finfo(np.float32 if np.asarray(w).dtype == np.float32 else np.float64).eps
     w = np.asarray(w, dtype=np.float64)
-    eps = np.finfo(np.float64 if w.dtype == np.float64 else np.float32).eps
     return np.where(w > w.size * eps * max(float(w.max(initial=0.0)), 0.0), w, 0.0)
 
 
@@ -518,7 +518,9 @@ class _KronPosterior(_Posterior):
 
     def functional_variance(self, jac, c, prior):
         """From the layer factors of the Jacobian rows (pk.linalg.kron_inv_quad):
-        J itself is never formed."""
+        J itself is never formed (given Jacobians: the solve-based default)."""
+        if not jac.has_factors:
+            return super().functional_variance(jac, c, prior)
         deltas = self._layers(prior)
         fv = None
         for l, ((wG, QG, wA, QA), (G, Abar)) in enumerate(zip(self.eig, jac.factors())):
@@ -749,9 +751,10 @@ def _bridge(mu, var, normalized=False):
         m = dvar.mean(-1, keepdims=True) / math.sqrt(K / 2)
         m = np.where(m > 0, m, 1.0)
         mu, dvar = mu / np.sqrt(m), dvar / m
-    sum_exp = np.exp(-mu).sum(-1, keepdims=True)
-    alpha = (1 - 2 / K + np.exp(mu) / K ** 2 * sum_exp) / np.where(dvar > 0, dvar, 1.0)
-    out = alpha / alpha.sum(-1, keepdims=True)
+    # log alpha: e^{mu_k} sum_l e^{-mu_l} overflows once the logits spread by ~700
+    log_sum_exp = np.logaddexp.reduce(-mu, axis=-1, keepdims=True)
+    log_num = np.logaddexp(math.log(1 - 2 / K) if K > 2 else -np.inf, mu + log_sum_exp - 2 * math.log(K))
+    out = _softmax(log_num - np.log(np.where(dvar > 0, dvar, 1.0)))
     out[certain] = _softmax(mu_c[certain])
     return out
 
@@ -1074,6 +1077,17 @@ class Laplace:
         """
         if self.net is None:
             raise RuntimeError("Laplace: built from Jacobians; there is no network to fit")
+        # a fit that fails (bad batch, memory) leaves the previous posterior intact:
+        # it replaces attributes, never mutates them, so a shallow copy restores it
+        saved = dict(self.__dict__)
+        try:
+            return self._fit(data, progress)
+        except BaseException:
+            self.__dict__.clear()
+            self.__dict__.update(saved)
+            raise
+
+    def _fit(self, data, progress):
         self._set_model(self.net)  # the MAP is the net's CURRENT theta
         self._prior = _Prior(self._prior.values, self._offsets)
         model, lossname, D = self._model, self.lossname, self._offsets[-1]
@@ -1210,7 +1224,7 @@ class Laplace:
         """
         self._check_fit()
         prior = self._prior if prior_precision is None else self._make_prior(prior_precision)
-        if sigma_noise is not None and self.likelihood != "regression":
+        if sigma_noise is not None and self.likelihood != "regression" and sigma_noise != 1:
             raise ValueError("sigma_noise: only regression has observation noise")
         sigma = self._sigma if sigma_noise is None else _pos_float(sigma_noise, "sigma_noise")
         return self._lml_and_grad(prior, sigma, False)[0]
@@ -1221,7 +1235,7 @@ class Laplace:
         (regression; None otherwise). Returns ``(g_log_prior, g_log_sigma)``."""
         self._check_fit()
         prior = self._prior if prior_precision is None else self._make_prior(prior_precision)
-        if sigma_noise is not None and self.likelihood != "regression":
+        if sigma_noise is not None and self.likelihood != "regression" and sigma_noise != 1:
             raise ValueError("sigma_noise: only regression has observation noise")
         sigma = self._sigma if sigma_noise is None else _pos_float(sigma_noise, "sigma_noise")
         _, gp, gs = self._lml_and_grad(prior, sigma, self.likelihood == "regression")
@@ -1385,7 +1399,9 @@ class Laplace:
 
         Kronecker blocks use the matrix-normal form through the factors'
         eigendecompositions; low rank the Woodbury/spectral form; full the
-        Cholesky factor (:math:`L^{-\top}z`). Reproducible per ``seed``.
+        Cholesky factor (:math:`L^{-\top}z`). Reproducible per ``seed``. A posterior
+        from :meth:`from_jacobians` without ``theta_map`` has no mean: its draws
+        are the deviations :math:`P^{-1/2} z`.
         """
         self._check_fit()
         n = _la._n_samples(n)

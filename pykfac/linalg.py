@@ -262,8 +262,11 @@ def lowrank_eigh(Gmat, rank=None):
     Returns
     -------
     s : ndarray, shape (r,)
-        Positive eigenvalues, descending (those at roundoff level, below
-        :math:`M \epsilon \max s`, are dropped).
+        Positive eigenvalues, descending. Those at roundoff level are dropped:
+        below :math:`\max(M\epsilon_{64}, (\max(M, D)\epsilon)^2)\max s` with
+        :math:`\epsilon` that of the dtype. The Gram matrix is formed and
+        decomposed in float64 for float32 input too, so a float32 ``Gmat``
+        keeps every direction above its own rounding.
     Q : ndarray, shape (D, r)
         Orthonormal eigenvectors.
 

@@ -98,12 +98,8 @@ def gaussian_nll(mean, var, y):
             raise TypeError(f"{name}: expected a real array, got dtype {arr.dtype}")
         arrays.append(arr.astype(np.float64, copy=False))
     M, V, Y = arrays
-    if M.ndim == 1:
-        M = M[:, None]
-    if V.shape != M.shape and V.size == M.size:
-        V = V.reshape(M.shape)
-    if Y.shape != M.shape and Y.size == M.size:
-        Y = Y.reshape(M.shape)
+    # (N,) stands for (N, 1); any other difference in shape is an error
+    M, V, Y = (a[:, None] if a.ndim == 1 else a for a in (M, V, Y))
     if M.ndim != 2 or V.shape != M.shape or Y.shape != M.shape or M.shape[0] == 0:
         raise ValueError(f"mean, var, y: expected equal shapes (N, K) with N >= 1, got "
                          f"{np.shape(mean)}, {np.shape(var)}, {np.shape(y)}")

@@ -5,13 +5,9 @@ import time
 
 import numpy as np
 
-from ._data import resolve_seed
+from ._data import _is_pair, resolve_seed
 
 __all__ = ["train"]
-
-
-def _is_pair(data):
-    return isinstance(data, tuple) and len(data) == 2 and np.ndim(data[0]) == 2
 
 
 def _epoch_batches(data, batch_size, rng):

@@ -503,7 +503,7 @@ def test_lowrank_eigh_layers_errors():
     A = [r.standard_normal((3, 6)), r.standard_normal((3, 5))]
     with pytest.raises(ValueError, match=r"^A\[1\]: expected shape \(3, 5\)"):
         _core.lowrank_eigh_layers(U, [A[0], A[1][:, :4]], 4)
-    with pytest.raises(ValueError, match=r"^U\[1\]: expected shape \(3, 2, N\), got \(2, 2, 4\)"):
+    with pytest.raises(ValueError, match=r"^U\[1\]: expected shape \(3, 2, \*\), got \(2, 2, 4\)"):
         _core.lowrank_eigh_layers([U[0], U[1][:2]], A, 4)
     with pytest.raises(ValueError, match=r"^A: expected 2 entries, got 1"):
         _core.lowrank_eigh_layers(U, A[:1], 4)
@@ -523,7 +523,7 @@ def test_lowrank_eigh_layers_errors():
         _core.lowrank_jq_layers(Gx, [Axb[0], Axb[1][:, :5]], U, A, None, C)
     with pytest.raises(ValueError, match=r"^Gx\[1\]: expected shape \(2, 3, 4\)"):
         _core.lowrank_jq_layers([Gx[0], Gx[1][:, :2]], Axb, U, A, None, C)
-    with pytest.raises(ValueError, match=r"^C: expected shape \(6, N\), got \(5, 6\)"):
+    with pytest.raises(ValueError, match=r"^C: expected shape \(6, \*\), got \(5, 6\)"):
         _core.lowrank_jq_layers(Gx, Axb, U, A, None, C[:5])
     with pytest.raises(ValueError, match=r"^w: expected shape \(2,\)"):
         _core.lowrank_jq_layers(Gx, Axb, U, A, [1.0], C)
