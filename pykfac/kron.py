@@ -175,6 +175,8 @@ class KronCurvature:
                                  f"got {len(vals)} values")
         out = []
         for d in vals:
+            if isinstance(d, (bool, np.bool_, str, bytes)):  # float() would take True and "1"
+                raise TypeError(f"damping: expected a real number, got {d!r}")
             try:
                 d = float(d)
             except (TypeError, ValueError):

@@ -591,7 +591,15 @@ class KFAC(Optimizer):
         block-tridiagonal K-FAC); v of shape (D,)."""
         if self._inv is None:
             raise RuntimeError("KFAC: no inverse yet; call step() first")
-        return _core.kfac_apply(*self._inv, v)
+        arr = np.asarray(v)
+        D = self.net.num_params
+        if arr.dtype.kind not in "iuf":
+            raise TypeError(f"v: expected a real array, got dtype {arr.dtype}")
+        if arr.shape != (D,):
+            raise ValueError(f"v: expected shape ({D},), got {arr.shape}")
+        if not np.all(np.isfinite(arr)):
+            raise ValueError("v: contains NaN or Inf")
+        return _core.kfac_apply(*self._inv, arr)
 
     # ---- the quadratic model ------------------------------------------------
     def _gram(self, X, N, cols):

@@ -267,6 +267,9 @@ def test_negative_or_bad_damping(kc):
         kc.solve(V, [0.1, 0.2])
     with pytest.raises(TypeError, match="damping"):
         kc.solve(V, "a lot")
+    for bad in ("1", True, np.bool_(True), [0.1, "0.2", 0.3]):  # float() would accept these
+        with pytest.raises(TypeError, match="damping: expected a real number"):
+            kc.solve(V, bad)
 
 
 def test_nan_factor_raises():

@@ -315,6 +315,13 @@ def test_precondition_matches_dense_from_optimiser_state(structure):
     # the last direction is -F^-1 grad with the inverse of step 3
     np.testing.assert_allclose(opt.last["direction"], -opt.precondition(opt.last["grad"]), rtol=1e-12,
                                atol=1e-14)
+    D = net.num_params
+    with pytest.raises(ValueError, match=rf"^v: expected shape \({D},\), got \({D - 1},\)"):
+        opt.precondition(v[1:])
+    with pytest.raises(ValueError, match="^v: contains NaN"):
+        opt.precondition(np.where(np.arange(D) == 2, np.nan, v))
+    with pytest.raises(TypeError, match="^v: expected a real array"):
+        opt.precondition(v.astype(complex))
 
 
 # ---- α and μ from the quadratic model ------------------------------------------
