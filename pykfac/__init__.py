@@ -35,6 +35,7 @@ from .laplace import Laplace
 from .mlp import ACTIVATIONS, MLP, Layer
 from . import metrics, optim
 from .train import train
+from .marglik import marglik_training
 
 __version__ = "0.1.0"
 
@@ -63,6 +64,7 @@ __all__ = [
     "loss",
     "loss_and_grad",
     "loss_per_sample",
+    "marglik_training",
     "optim",
     "output_curvature",
     "residual_matvec",

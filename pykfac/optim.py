@@ -61,6 +61,22 @@ def _real(value, name, lo=None, lo_open=False, hi=None, hi_open=False, allow_non
     return v
 
 
+def _weight_decay(value, D, vector_ok):
+    """η: a float >= 0, or (SGD, Adam) one finite value >= 0 per parameter (float64, read-only)."""
+    if np.ndim(value) == 0 or not vector_ok:
+        return _real(value, "weight_decay", lo=0.0)
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "iuf":
+        raise TypeError(f"weight_decay: expected real numbers, got dtype {arr.dtype}")
+    if arr.shape != (D,):
+        raise ValueError(f"weight_decay: expected a number or shape ({D},) (one per parameter), got {arr.shape}")
+    arr = np.array(arr, dtype=np.float64)
+    if not np.all(np.isfinite(arr) & (arr >= 0)):
+        raise ValueError("weight_decay: expected finite values >= 0")
+    arr.setflags(write=False)
+    return arr
+
+
 def _int(value, name, lo=1):
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
@@ -99,9 +115,13 @@ class Optimizer:
     net : MLP
         Updated in place (``net.theta``).
     loss : {"mse", "ce", "bce"}
-    weight_decay : float >= 0
-        η of the L2 term ``η/2 ‖θ‖²`` in h.
+    weight_decay : float >= 0, or (D,) array (SGD, Adam)
+        η of the L2 term ``η/2 ‖θ‖²`` in h; per parameter ``½ Σ ηᵢ θᵢ²``, e.g.
+        a Laplace prior precision times σ²T/N (:func:`pykfac.marglik_training`).
     """
+
+    #: whether weight_decay may be one value per parameter
+    _vector_decay = False
 
     def __init__(self, net, loss, weight_decay=0.0):
         self.net = _net(net)
@@ -111,7 +131,7 @@ class Optimizer:
             raise ValueError(f"loss: 'bce' needs a network with 1 output, this one has {K}")
         if self.loss == "ce" and K < 2:
             raise ValueError("loss: 'ce' needs a network with at least 2 outputs (use 'bce' for 1)")
-        self.weight_decay = _real(weight_decay, "weight_decay", lo=0.0)
+        self.weight_decay = _weight_decay(weight_decay, self.net.num_params, self._vector_decay)
         self.steps = 0
 
     def __repr__(self):
@@ -127,21 +147,33 @@ class Optimizer:
     def _objective_grad(self, X, y):
         """(mean batch loss, h(θ), ∇h(θ)) at the current parameters, and N."""
         total, g, N = self._sum_loss_mean_grad(X, y)
-        theta = self.net.theta
         value = total / N
-        h = value
-        if self.weight_decay:
-            g += g.dtype.type(self.weight_decay) * theta
-            h += 0.5 * self.weight_decay * float(np.dot(theta, theta))
-        return value, h, g, N
+        return value, value + self._decay(g), g, N
+
+    def _decay(self, g=None):
+        """½ Σ ηᵢ θᵢ² at the current parameters; with g, also adds ηθ to g in place."""
+        theta, wd = self.net.theta, self.weight_decay
+        if np.ndim(wd) == 0:
+            if not wd:
+                return 0.0
+            if g is not None:
+                g += g.dtype.type(wd) * theta
+            return 0.5 * wd * float(np.dot(theta, theta))
+        wt = wd * theta
+        if g is not None:
+            g += wt.astype(g.dtype)
+        return 0.5 * float(np.dot(wt, theta))
+
+    def _kernel_decay(self, g):
+        """The η to hand the C update: a per-parameter η is added to g here instead."""
+        if np.ndim(self.weight_decay) == 0:
+            return self.weight_decay
+        self._decay(g)
+        return 0.0
 
     def _h(self, X, y, N):
         """h(θ) at the current parameters (one forward pass)."""
-        theta = self.net.theta
-        h = _core.loss_grad(self.net, X, y, self.loss, False)[0] / N
-        if self.weight_decay:
-            h += 0.5 * self.weight_decay * float(np.dot(theta, theta))
-        return h
+        return _core.loss_grad(self.net, X, y, self.loss, False)[0] / N + self._decay()
 
     def step(self, X, y):
         """One update on the batch ``(X, y)``; returns the mean batch loss before it."""
@@ -176,7 +208,8 @@ class Optimizer:
         version and a SHA-256 checksum over the metadata and every array.
         :meth:`load` resumes the run bitwise identically."""
         arrays = {"net_theta": self.net.theta}
-        meta = {"type": type(self).__name__, "loss": self.loss, "hyper": self._hyper(),
+        meta = {"type": type(self).__name__, "loss": self.loss,
+                "hyper": _state_to_tree(self._hyper(), "hyper", arrays),
                 "net_sizes": list(self.net.sizes), "net_activations": list(self.net.activations),
                 "dtype": self.net.dtype.name, "state": _state_to_tree(self.state_dict(), "", arrays)}
         _persist.write(path, _FILE_FORMAT, FORMAT_VERSION, meta, arrays)
@@ -220,9 +253,11 @@ class Optimizer:
                 raise ValueError(f"net_sizes / net_activations: {sizes!r} / {acts!r}")
             spec = {"net_theta": ((sum((i + 1) * o for i, o in zip(sizes[:-1], sizes[1:])),), dtype)}
             names = _tree_arrays(meta["state"])
-            if "net_theta" in names or len(set(names)) != len(names):
+            hyper_names = _tree_arrays(meta["hyper"])  # a per-parameter weight decay (float64)
+            if "net_theta" in names + hyper_names or len(set(names + hyper_names)) != len(names + hyper_names):
                 raise ValueError("state: array references repeat or name net_theta")
             spec.update({name: (None, dtype) for name in names})
+            spec.update({name: (None, np.float64) for name in hyper_names})
         _persist.check_arrays(path, files, spec)
         if net is None:
             with _persist.malformed(path):
@@ -234,7 +269,7 @@ class Optimizer:
                 raise ValueError(f"net: does not match the saved optimiser: sizes/activations/dtype "
                                  f"{(sizes, acts, dtype.name)}, got {got}")
         with _persist.malformed(path):
-            hyper = meta["hyper"]
+            hyper = _tree_to_state(meta["hyper"], files)
             if not isinstance(hyper, dict):
                 raise ValueError(f"hyper: expected a dict, got {hyper!r}")
             opt = classes[kind](net, meta["loss"], **hyper)
@@ -297,8 +332,10 @@ class SGD(Optimizer):
     momentum : float in [0, 1)
     nesterov : bool
         Needs ``momentum > 0``.
-    weight_decay : float >= 0
+    weight_decay : float >= 0 or (D,) array
     """
+
+    _vector_decay = True
 
     def __init__(self, net, loss, lr, momentum=0.9, nesterov=True, weight_decay=0.0):
         super().__init__(net, loss, weight_decay)
@@ -317,7 +354,7 @@ class SGD(Optimizer):
         if not (math.isfinite(total) and np.isfinite(g).all()):
             _check_finite(self, math.nan, self.net.theta)
         _core.sgd_update(self.net.theta, g, self._buf, self.lr, self.momentum, self.nesterov,
-                         self.weight_decay, self.steps == 0)
+                         self._kernel_decay(g), self.steps == 0)
         _check_finite(self, total, self.net.theta)
         self.steps += 1
         return total / N
@@ -352,8 +389,10 @@ class Adam(Optimizer):
     lr : float > 0
     betas : (float, float) in [0, 1)
     eps : float >= 0
-    weight_decay : float >= 0
+    weight_decay : float >= 0 or (D,) array
     """
+
+    _vector_decay = True
 
     def __init__(self, net, loss, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         super().__init__(net, loss, weight_decay)
@@ -374,7 +413,7 @@ class Adam(Optimizer):
         if not (math.isfinite(total) and np.isfinite(g).all()):
             _check_finite(self, math.nan, self.net.theta)
         _core.adam_update(self.net.theta, g, self._m, self._v, self.steps + 1, self.lr,
-                          self.betas[0], self.betas[1], self.eps, self.weight_decay)
+                          self.betas[0], self.betas[1], self.eps, self._kernel_decay(g))
         _check_finite(self, total, self.net.theta)
         self.steps += 1
         return total / N

@@ -909,3 +909,67 @@ def test_train_errors():
         pk.train(net, opt, iter([(X, y)]), epochs=2, progress=False)
     with pytest.raises(ValueError, match="batch_size"):
         pk.train(net, opt, [(X, y)], batch_size=4, progress=False)
+
+
+def test_per_parameter_weight_decay_sgd_adam():
+    """weight_decay as a (D,) array: ½ Σ ηᵢ θᵢ² in h, against the NumPy
+    references above; a constant array gives the scalar run bit for bit."""
+    pk = _pk()
+    X, Y = regression(N=20, d=4, K=2)
+    net = pk.MLP([4, 5, 2], seed=0)
+    wd = np.linspace(0.0, 0.05, net.num_params)
+    ref = net.copy()
+    lr, b1, b2, eps = 3e-3, 0.8, 0.95, 1e-6
+    opt = pk.optim.Adam(net, "mse", lr, betas=(b1, b2), eps=eps, weight_decay=wd)
+    m = np.zeros(net.num_params)
+    v = np.zeros(net.num_params)
+    for t in range(1, 6):
+        opt.step(X, Y)
+        _, g = _mean_grad(pk, ref, X, Y, "mse")
+        g = g + wd * ref.theta
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        ref.theta = ref.theta - lr * (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps)
+        np.testing.assert_allclose(net.theta, ref.theta, rtol=1e-12, atol=1e-15)
+    net2, ref2 = pk.MLP([4, 5, 2], seed=1), pk.MLP([4, 5, 2], seed=1)
+    sgd = pk.optim.SGD(net2, "mse", 0.05, momentum=0.9, weight_decay=wd)
+    buf = None
+    for _ in range(4):
+        sgd.step(X, Y)
+        _, g = _mean_grad(pk, ref2, X, Y, "mse")
+        g = g + wd * ref2.theta
+        buf = g.copy() if buf is None else 0.9 * buf + g
+        ref2.theta = ref2.theta - 0.05 * (g + 0.9 * buf)
+        np.testing.assert_allclose(net2.theta, ref2.theta, rtol=1e-12, atol=1e-15)
+    for cls, kw in ((pk.optim.SGD, {"lr": 0.05}), (pk.optim.Adam, {"lr": 1e-2})):
+        a, b = pk.MLP([4, 5, 2], seed=2), pk.MLP([4, 5, 2], seed=2)
+        oa = cls(a, "mse", weight_decay=0.01, **kw)
+        ob = cls(b, "mse", weight_decay=np.full(a.num_params, 0.01), **kw)
+        for _ in range(3):
+            assert oa.step(X, Y) == ob.step(X, Y)
+        np.testing.assert_array_equal(a.theta, b.theta)
+
+
+def test_per_parameter_weight_decay_checks_and_files(tmp_path):
+    pk = _pk()
+    X, y = classification(N=12)
+    net = pk.MLP([4, 5, 3], seed=0)
+    D = net.num_params
+    for bad, exc, msg in (
+            (np.ones(D - 1), ValueError, rf"weight_decay: expected a number or shape \({D},\)"),
+            (np.full(D, -1.0), ValueError, "weight_decay: expected finite values >= 0"),
+            (np.full(D, np.nan), ValueError, "weight_decay: expected finite values >= 0"),
+            (np.array(["a"] * D), TypeError, "weight_decay: expected real numbers")):
+        with pytest.raises(exc, match=msg):
+            pk.optim.Adam(net, "ce", 0.1, weight_decay=bad)
+    with pytest.raises(TypeError, match="weight_decay: expected a real number"):
+        pk.optim.KFAC(net, "ce", weight_decay=np.ones(D))  # K-FAC's damping needs one η
+    wd = np.linspace(0, 1e-2, D)
+    opt = pk.optim.Adam(net, "ce", 0.05, weight_decay=wd)
+    opt.step(X, y)
+    opt.save(tmp_path / "a.npz")
+    back = pk.optim.Optimizer.load(tmp_path / "a.npz")
+    np.testing.assert_array_equal(back.weight_decay, wd)
+    opt.step(X, y)
+    back.step(X, y)
+    np.testing.assert_array_equal(back.net.theta, net.theta)
