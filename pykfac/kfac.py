@@ -19,8 +19,8 @@ how g is formed:
   :math:`\mathcal G_{l} = (W_{l+1}^T \mathcal G_{l+1} W_{l+1}) \circ
   \mathrm{mean}_n(\phi'(s_l)\phi'(s_l)^T)`, :math:`G_l = N \mathcal G_l`.
 
-Batches add up: exact, MC and empirical factors of several batches equal those
-of their union. KFRA's averages are taken per batch (as in the paper), so its
+Batches add up: exact and empirical factors of several batches equal those of
+their union (MC factors only in expectation, as each batch draws its own targets). KFRA's averages are taken per batch (as in the paper), so its
 factors depend on how the data are batched: :math:`G_l = \sum_b N_b \mathcal G_l^{(b)}`.
 """
 import numpy as np
