@@ -254,6 +254,24 @@ int pk_kfac_factors(const pk_mlp_t *net, pk_fisher_t kind, pk_loss_t loss, int64
                                    loss_out));
 }
 
+int64_t pk_output_stack_height(pk_fisher_t kind, pk_loss_t loss, int64_t K, int mc_samples)
+{
+    if (kind == PK_FISHER_EXACT) return loss == PK_LOSS_CE ? K - 1 : K;
+    return kind == PK_FISHER_MC ? mc_samples : 1;
+}
+
+int pk_output_stack(const pk_mlp_t *net, pk_fisher_t kind, pk_loss_t loss, int64_t n, const void *X,
+                    const void *y, int mc_samples, pk_rng_t *rng, void *out)
+{
+    int rc = check_common(net, n, X);
+    if (!rc) rc = check_loss(net, loss, n, y);
+    if (!rc) rc = check_fisher(kind, mc_samples, rng, 0);
+    if (rc) return rc;
+    if (!out) return PK_ERR_BAD_ARG;
+    return DISPATCH(output_stack_d(net, kind, loss, n, X, y, mc_samples, rng, out),
+                    output_stack_f(net, kind, loss, n, X, y, mc_samples, rng, out));
+}
+
 int pk_output_curvature(const pk_mlp_t *net, pk_loss_t loss, int64_t n, const void *X,
                         const void *y, void *dloss, void *lam, void *sqrt_lam)
 {

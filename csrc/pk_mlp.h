@@ -139,6 +139,18 @@ int pk_kfac_factors(const pk_mlp_t *net, pk_fisher_t kind, pk_loss_t loss, int64
 int pk_output_curvature(const pk_mlp_t *net, pk_loss_t loss, int64_t n, const void *X,
                         const void *y, void *dloss, void *lam, void *sqrt_lam) PK_MUST_CHECK;
 
+/* out (n x K x M) with M = pk_output_stack_height(kind, loss, K, mc_samples): per
+ * sample, M columns u_j with sum_j u_j u_j^T the output curvature of kind --
+ * EXACT: Lambda_n (M = K, or K - 1 for CE: a rank-(K-1) square root); MC: the
+ * estimate from mc_samples targets sampled from the model (u_j = the loss
+ * gradient at target j over sqrt(mc_samples)); EMPIRICAL: g g^T with g the
+ * loss gradient at the true label (M = 1). J_n^T U_n is then a square root of
+ * sample n's GGN, Fisher or empirical-Fisher term. y is read by EMPIRICAL
+ * (and checked always), rng by MC. */
+int64_t pk_output_stack_height(pk_fisher_t kind, pk_loss_t loss, int64_t K, int mc_samples);
+int pk_output_stack(const pk_mlp_t *net, pk_fisher_t kind, pk_loss_t loss, int64_t n, const void *X,
+                    const void *y, int mc_samples, pk_rng_t *rng, void *out) PK_MUST_CHECK;
+
 #ifdef __cplusplus
 }
 #endif

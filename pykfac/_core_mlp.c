@@ -509,6 +509,32 @@ static PyObject *py_kfac_factors(PyObject *self, PyObject *args)
     return PyFloat_FromDouble(value);
 }
 
+/* output_stack(net, kind, X, y, loss, mc_samples, seed) -> (N, K, M) */
+static PyObject *py_output_stack(PyObject *self, PyObject *args)
+{
+    PyObject *net, *X, *y, *loss, *seed;
+    int kind, mc_samples;
+    if (!PyArg_ParseTuple(args, "OiOOOiO", &net, &kind, &X, &y, &loss, &mc_samples, &seed)) return NULL;
+    if (parse_kind(kind, mc_samples, 0) < 0) return NULL;
+    pk_rng_t rng;
+    if (pk_parse_seed(seed, &rng) < 0) return NULL;
+    pk_common_args a;
+    if (common_parse(net, X, y, loss, &a) < 0) return NULL;
+    const int64_t M = pk_output_stack_height((pk_fisher_t)kind, a.loss, (int64_t)a.K, mc_samples);
+    npy_intp d3[3] = {a.n, (npy_intp)a.K, (npy_intp)M};
+    if (pk_check_memory(array_bytes(3, d3, a.net.typenum) * 2 + (double)a.n * a.K * 2 * itemsize(a.net.typenum),
+                        "output_stack") < 0) {
+        common_release(&a);
+        return NULL;
+    }
+    PyArrayObject *out = new_array(3, d3, a.net.typenum);
+    int rc = PK_OK;
+    if (out)
+        PK_RUN_NOGIL(rc, pk_output_stack(&a.net.net, (pk_fisher_t)kind, a.loss, a.n, PyArray_DATA(a.X),
+                                         PyArray_DATA(a.y), mc_samples, &rng, PyArray_DATA(out)));
+    return finish(&a, out, rc);
+}
+
 /* output_curvature(net, X, y or None, loss) -> (dloss or None, Lambda, S) */
 static PyObject *py_output_curvature(PyObject *self, PyObject *args)
 {
@@ -567,6 +593,8 @@ PyMethodDef pk_mlp_methods[] = {
      "diag_curvature(net, kind, X, y, loss, mc_samples, seed) -> ((D,), loss); kind 0 exact, 1 MC, 2 empirical"},
     {"kfac_factors", py_kfac_factors, METH_VARARGS,
      "kfac_factors(net, kind, X, y, loss, mc_samples, seed, A, G, A_cross, G_cross) -> loss: accumulate factors"},
+    {"output_stack", py_output_stack, METH_VARARGS,
+     "output_stack(net, kind, X, y, loss, mc_samples, seed) -> (N, K, M) columns of the output curvature"},
     {"output_curvature", py_output_curvature, METH_VARARGS,
      "output_curvature(net, X, y or None, loss) -> (dloss or None, Lambda (N,K,K), S (N,K,K))"},
     {NULL, NULL, 0, NULL},

@@ -796,8 +796,10 @@ class Laplace:
     prior_mean : float or array_like (D,)
         :math:`\mu_0`, used in the log marginal likelihood only.
     kind : {"exact", "mc", "empirical", "kfra"}
-        Curvature estimate for ``"kron"`` (all four) and ``"diag"`` (exact, mc,
-        empirical); ``"full"`` and ``"lowrank"`` always use the exact GGN.
+        The curvature: the exact GGN, its Monte Carlo (Fisher) estimate with
+        ``mc_samples`` targets per datum sampled from the model, or the
+        empirical Fisher :math:`\sum_n g_n g_n^\top` (true-label gradients),
+        for every structure; ``"kfra"`` for ``"kron"`` only.
     mc_samples : int
         Sampled targets per datum for ``kind="mc"``.
     rank : int or None
@@ -835,7 +837,7 @@ class Laplace:
             raise ValueError("subnetwork_indices: only used with subset='subnetwork'")
         self._sub_init = subnetwork_indices
         self.lossname = LIKELIHOODS[likelihood]
-        kinds = {"kron": tuple(KFAC_KINDS), "diag": ("exact", "mc", "empirical")}.get(structure, ("exact",))
+        kinds = tuple(KFAC_KINDS) if structure == "kron" else ("exact", "mc", "empirical")
         self.kind = _choice(kind, kinds, f"kind (structure={structure!r})")
         if isinstance(mc_samples, bool) or not isinstance(mc_samples, (int, np.integer)) or mc_samples < 1:
             raise ValueError(f"mc_samples: expected a positive int, got {mc_samples!r}")
@@ -1102,20 +1104,18 @@ class Laplace:
             X = self._check_X(X)
             y = self._labels(y, X.shape[0])
             Z = self._inputs(X)
-            if self.structure == "full" and self._sub is not None:
-                Hb = self._subnet_ggn(Z)
-                H = Hb if H is None else H + Hb
-                loss_total += _loss_value(model, Z, y, lossname)
-            elif self.structure == "full":
-                if model.n_layers == 1:  # a linear model (last layer): Kronecker-sum GGN
-                    Hb = _la.ggn_linear(Z, output_curvature(model, Z, lossname).hessian)
-                else:
+            bseed = next(seeds) if seeds is not None else 0
+            if self.structure == "full":
+                if model.n_layers == 1 and self._sub is None:  # a linear model: Kronecker-sum GGN
+                    Hb = _la.ggn_linear(Z, self._output_lam(Z, y, bseed))
+                elif self.kind == "exact" and self._sub is None:
                     Hb = ggn(model, Z, y, lossname)
+                else:
+                    Hb = self._dense_ggn(Z, y, bseed)
                 H = Hb if H is None else H + Hb
                 loss_total += _loss_value(model, Z, y, lossname)
             elif self.structure == "diag":
                 # the kernel returns the batch loss from its own forward pass
-                bseed = next(seeds) if self.kind == "mc" else 0
                 hb, lb = _core.diag_curvature(model, _DIAG_KINDS[self.kind], Z, y, lossname,
                                               self.mc_samples, bseed)
                 h = hb if h is None else h + hb
@@ -1124,13 +1124,12 @@ class Laplace:
                 if A is None:
                     A = [np.zeros((i + 1, i + 1), dtype=self.dtype) for i in model.sizes[:-1]]
                     G = [np.zeros((o, o), dtype=self.dtype) for o in model.sizes[1:]]
-                bseed = next(seeds) if seeds is not None else 0
                 loss_total += _core.kfac_factors(model, KFAC_KINDS[self.kind], Z, y, lossname,
                                                  self.mc_samples, bseed, A, G, None, None)
             else:
                 # Gmat in factored form: per layer, column (n, j) is
                 # (sum_k S_n[k, j] G_n[k, :]) (x) [a_n; 1] (never formed)
-                S = output_curvature(model, Z, lossname).sqrt
+                S = self._output_stack(Z, y, bseed)
                 Gs, As = _core.layer_jacobians(model, Z)
                 M = S.shape[2] * (X.shape[0] + n_total)
                 r = M if self.rank is None else min(M, self.rank)
@@ -1167,16 +1166,30 @@ class Laplace:
         self._prior_mean = self._check_prior_mean(self._prior_mean_init)
         return self
 
-    def _subnet_ggn(self, Z):
-        """The subnetwork's GGN block sum_n J_n^T Lambda_n J_n over Z, in row chunks
-        whose gathered Jacobian columns stay near _J_CHUNK_BYTES."""
-        model, S = self._model, self.n_params
-        rows = self._chunk_rows()
-        H = np.zeros((S, S), dtype=self.dtype)
+    def _output_stack(self, Z, y, seed):
+        """(N, K, M) columns U_n with U_n U_n^T the output curvature of self.kind
+        (exact Lambda_n, its Monte Carlo estimate, or the empirical g_n g_n^T)."""
+        return _core.output_stack(self._model, _DIAG_KINDS[self.kind], Z, y, self.lossname, self.mc_samples,
+                                  seed)
+
+    def _output_lam(self, Z, y, seed):
+        if self.kind == "exact":
+            return output_curvature(self._model, Z, self.lossname).hessian
+        U = self._output_stack(Z, y, seed)
+        return np.matmul(U, U.transpose(0, 2, 1))
+
+    def _dense_ggn(self, Z, y, seed):
+        """sum_n J_n^T Lambda_n J_n over Z from Jacobians (the subnetwork's columns,
+        or all of them for a Fisher or empirical Fisher), in row chunks whose
+        Jacobians stay near _J_CHUNK_BYTES (Lambda_n, and its Monte Carlo draws, are
+        those of the whole batch, as for the other structures)."""
+        sizes = self._model.sizes
+        per_row = self.n_outputs * (self.n_params + sum(sizes[1:])) + sum(s + 1 for s in sizes[:-1])
+        rows = max(1, _J_CHUNK_BYTES // (per_row * self.dtype.itemsize))
+        lam = self._output_lam(Z, y, seed)
+        H = np.zeros((self.n_params, self.n_params), dtype=self.dtype)
         for i in range(0, Z.shape[0], rows):
-            Zc = Z[i:i + rows]
-            H += _la.ggn_from_jacobians(self._jacobians(Zc).dense,
-                                        output_curvature(model, Zc, self.lossname).hessian)
+            H += _la.ggn_from_jacobians(self._jacobians(Z[i:i + rows]).dense, lam[i:i + rows])
         return H
 
     # ---- marginal likelihood ---------------------------------------------------------

@@ -753,7 +753,7 @@ def _bad_cases():
         ("temperature <0", ValueError, "temperature", lambda: L(net, "classification", "diag", temperature=-1.0)),
         ("prior_mean shape", ValueError, "prior_mean", lambda: L(net, "classification", "diag", prior_mean=np.ones(3))),
         ("structure", ValueError, "structure", lambda: L(net, "classification", "dense")),
-        ("kind", ValueError, "kind", lambda: L(net, "classification", "full", kind="mc")),
+        ("kind", ValueError, "kind", lambda: L(net, "classification", "full", kind="kfra")),
         ("rank not lowrank", ValueError, "rank", lambda: L(net, "classification", "full", rank=3)),
         ("predictive before fit", RuntimeError, "fit", lambda: L(net, "classification", "kron").predictive(X)),
         ("sample before fit", RuntimeError, "fit", lambda: L(net, "classification", "kron").sample(2)),

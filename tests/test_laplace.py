@@ -216,7 +216,7 @@ def test_lowrank_memory_guard_names_rank(monkeypatch):
     """Beyond the element limit, fit refuses with a MemoryError that points to
     rank=; with rank= the eigenvectors stay within it and the fit goes ahead."""
     net, X, y = make("classification", N=10)
-    D, M = net.num_params, 10 * net.sizes[-1]
+    D, M = net.num_params, 10 * (net.sizes[-1] - 1)  # softmax: a rank-(K-1) square root per datum
     monkeypatch.setattr(laplace_module, "_LOWRANK_MAX", D * (M - 1))
     with pytest.raises(MemoryError, match=r"lowrank.*pass rank="):
         pk.Laplace(net, "classification", "lowrank").fit([(X[:5], y[:5]), (X[5:], y[5:])])
@@ -1176,3 +1176,62 @@ def test_subnetwork_save_load_and_errors(tmp_path):
     before = idx_in.copy()
     pk.Laplace(net, "classification", "diag", "subnetwork", subnetwork_indices=idx_in).fit((X, y))
     np.testing.assert_array_equal(idx_in, before)
+
+
+# ---------------------------------------------------------------------------
+# kind= for full and low rank: the empirical Fisher and the Monte Carlo Fisher
+# ---------------------------------------------------------------------------
+def _per_sample_grads(model, Z, y, loss):
+    """(N, D) per-sample gradients J_n^T dl/df_n from dense Jacobians."""
+    r = pk.output_curvature(model, Z, loss, y).grad
+    return np.einsum("nkd,nk->nd", pk.jacobian(model, Z), r)
+
+
+@pytest.mark.parametrize("structure", ["full", "lowrank"])
+@pytest.mark.parametrize("likelihood", ["regression", "classification", "binary"])
+@pytest.mark.parametrize("subset", ["all", "last_layer"])
+def test_empirical_fisher_posteriors_are_the_sum_of_gradient_outer_products(structure, likelihood, subset):
+    sigma = 0.7 if likelihood == "regression" else 1.0
+    net, X, y = make(likelihood, N=9)
+    la = pk.Laplace(net, likelihood, structure, subset, kind="empirical", prior_precision=0.6, sigma_noise=sigma,
+                    temperature=1.3).fit([(X[:4], y[:4]), (X[4:], y[4:])])
+    model, Z = (net, X) if subset == "all" else (last_layer_model(net), net.features(X))
+    g = _per_sample_grads(model, Z, y, LIKE[likelihood])
+    P = g.T @ g / (sigma ** 2 * 1.3) + 0.6 * np.eye(g.shape[1])
+    np.testing.assert_allclose(la.posterior_precision_dense(), P, rtol=1e-10, atol=1e-12)
+    assert la.log_det_posterior_precision() == pytest.approx(np.linalg.slogdet(P)[1], rel=1e-10)
+    ld = pk.Laplace(net, likelihood, "diag", subset, kind="empirical", prior_precision=0.6, sigma_noise=sigma,
+                    temperature=1.3).fit((X, y))
+    np.testing.assert_allclose(np.diag(la.posterior_precision_dense()), np.diag(ld.posterior_precision_dense()),
+                               rtol=1e-10)
+
+
+def test_empirical_fisher_subnetwork_block():
+    net, X, y = make("classification", N=11)
+    idx = np.array([1, 7, 20, 33, 50])
+    la = pk.Laplace(net, "classification", "full", "subnetwork", subnetwork_indices=idx, kind="empirical",
+                    prior_precision=0.5).fit((X, y))
+    g = _per_sample_grads(net, X, y, "ce")[:, idx]
+    np.testing.assert_allclose(la.posterior_precision_dense(), g.T @ g + 0.5 * np.eye(5), rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("likelihood", ["regression", "classification", "binary"])
+def test_monte_carlo_fisher_posteriors(likelihood):
+    """kind='mc': reproducible per seed, the same draws for full and untruncated
+    low rank, unbiased for the GGN (many samples: within a few Monte Carlo
+    standard errors), and PSD."""
+    net, X, y = make(likelihood, N=8)
+    kw = dict(kind="mc", prior_precision=0.8, seed=5)
+    full = pk.Laplace(net, likelihood, "full", mc_samples=3, **kw).fit((X, y))
+    again = pk.Laplace(net, likelihood, "full", mc_samples=3, **kw).fit((X, y))
+    low = pk.Laplace(net, likelihood, "lowrank", mc_samples=3, **kw).fit((X, y))
+    np.testing.assert_array_equal(full.posterior_precision_dense(), again.posterior_precision_dense())
+    np.testing.assert_allclose(low.posterior_precision_dense(), full.posterior_precision_dense(), atol=1e-10)
+    other = pk.Laplace(net, likelihood, "full", mc_samples=3, kind="mc", prior_precision=0.8, seed=6).fit((X, y))
+    assert not np.allclose(other.posterior_precision_dense(), full.posterior_precision_dense())
+    S = 4000
+    many = pk.Laplace(net, likelihood, "full", mc_samples=S, **kw).fit((X, y))
+    G = pk.ggn(net, X, y, LIKE[likelihood])
+    err = many.posterior_precision_dense() - 0.8 * np.eye(G.shape[0]) - G
+    assert np.abs(err).max() < 6 * np.sqrt(np.mean(np.diag(G)) ** 2 * 2 * len(X) / S) + 1e-12
+    assert np.linalg.eigvalsh(full.posterior_precision_dense()).min() > 0.8 - 1e-10

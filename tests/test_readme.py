@@ -535,7 +535,7 @@ def test_laplace_structures_table():
     for kind in ("mc", "empirical", "kfra"):
         pk.Laplace(net, "classification", "kron", kind=kind, seed=0).fit((X, y))
     with pytest.raises(ValueError, match="^kind"):
-        pk.Laplace(net, "classification", "full", kind="mc")
+        pk.Laplace(net, "classification", "full", kind="kfra")
     # lowrank: alpha I + Gmat Gmat^T with Gmat the exact GGN factor -> equals full
     lf = pk.Laplace(net, "classification", "full", prior_precision=0.7).fit((X, y))
     lr = pk.Laplace(net, "classification", "lowrank", prior_precision=0.7).fit((X, y))
