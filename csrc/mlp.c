@@ -254,6 +254,15 @@ int pk_kfac_factors(const pk_mlp_t *net, pk_fisher_t kind, pk_loss_t loss, int64
                                    loss_out));
 }
 
+int pk_grad_per_sample(const pk_mlp_t *net, pk_loss_t loss, int64_t n, const void *X, const void *y, void *out)
+{
+    int rc = check_common(net, n, X);
+    if (!rc) rc = check_loss(net, loss, n, y);
+    if (rc) return rc;
+    if (!out) return PK_ERR_BAD_ARG;
+    return DISPATCH(grad_per_sample_d(net, loss, n, X, y, out), grad_per_sample_f(net, loss, n, X, y, out));
+}
+
 int64_t pk_output_stack_height(pk_fisher_t kind, pk_loss_t loss, int64_t K, int mc_samples)
 {
     if (kind == PK_FISHER_EXACT) return loss == PK_LOSS_CE ? K - 1 : K;

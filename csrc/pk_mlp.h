@@ -99,6 +99,11 @@ int pk_curvature_matvec(const pk_mlp_t *net, pk_curv_t which, pk_loss_t loss, in
                         const void *X, const void *y, int64_t m, const void *V,
                         void *out) PK_MUST_CHECK;
 
+/* out (n x D), theta order: row i is the gradient of sample i's loss,
+ * J_i^T dl(y_i, f_i)/df (the rows sum to the gradient of the summed loss). */
+int pk_grad_per_sample(const pk_mlp_t *net, pk_loss_t loss, int64_t n, const void *X, const void *y,
+                       void *out) PK_MUST_CHECK;
+
 /* Dense (D x D) exact Hessian / GGN, theta order. */
 int pk_hessian(const pk_mlp_t *net, pk_loss_t loss, int64_t n, const void *X, const void *y,
                void *H) PK_MUST_CHECK;

@@ -222,6 +222,24 @@ static PyObject *py_loss_per_sample(PyObject *self, PyObject *args)
     return finish(&a, out, rc);
 }
 
+/* grad_per_sample(net, X, y, loss) -> (N, D) */
+static PyObject *py_grad_per_sample(PyObject *self, PyObject *args)
+{
+    PyObject *net, *X, *y, *loss;
+    if (!PyArg_ParseTuple(args, "OOOO", &net, &X, &y, &loss)) return NULL;
+    pk_common_args a;
+    if (common_parse(net, X, y, loss, &a) < 0) return NULL;
+    npy_intp dims[2] = {a.n, (npy_intp)a.net.num_params};
+    pk_dims d = dims_of(&a.net, a.n);
+    PyArrayObject *out = new_output(2, dims, a.net.typenum, &a,
+                                    chunk_elems(&d, cache_row(&d, 0) + 2 * d.maxw), "grad_per_sample");
+    int rc = PK_OK;
+    if (out)
+        PK_RUN_NOGIL(rc, pk_grad_per_sample(&a.net.net, a.loss, a.n, PyArray_DATA(a.X), PyArray_DATA(a.y),
+                                            PyArray_DATA(out)));
+    return finish(&a, out, rc);
+}
+
 static PyObject *py_jacobian(PyObject *self, PyObject *args)
 {
     PyObject *net, *X;
@@ -581,6 +599,7 @@ PyMethodDef pk_mlp_methods[] = {
     {"loss_grad", py_loss_grad, METH_VARARGS, "loss_grad(net, X, y, loss, want_grad) -> (value, grad or None)"},
     {"loss_per_sample", py_loss_per_sample, METH_VARARGS, "loss_per_sample(net, X, y, loss) -> (N,) float64"},
     {"jacobian", py_jacobian, METH_VARARGS, "jacobian(net, X) -> (N, K, D)"},
+    {"grad_per_sample", py_grad_per_sample, METH_VARARGS, "grad_per_sample(net, X, y, loss) -> (N, D)"},
     {"layer_jacobians", py_layer_jacobians, METH_VARARGS,
      "layer_jacobians(net, X) -> ([G_l (N, K, out_l)], [A_l (N, in_l)]): J rows in factored form"},
     {"jvp", py_jvp, METH_VARARGS, "jvp(net, X, V (D, m)) -> (N, K, m)"},

@@ -23,6 +23,7 @@ __all__ = [
     "loss",
     "loss_and_grad",
     "loss_per_sample",
+    "grad_per_sample",
     "jacobian",
     "jvp",
     "vjp",
@@ -85,6 +86,15 @@ def loss_and_grad(net, X, y, loss):
 def loss_per_sample(net, X, y, loss):
     """(N,) float64 per-sample losses :math:`\\ell(y_n, f(x_n))`."""
     return _core.loss_per_sample(_net(net), X, y, loss)
+
+
+def grad_per_sample(net, X, y, loss):
+    r"""(N, D) per-sample gradients :math:`g_n = J_n^\top \partial\ell(y_n, f_n)/\partial f`
+    (theta order; they sum to the gradient of the summed loss; BackPACK's
+    ``BatchGrad`` up to its mean reduction). One reverse pass per chunk of rows,
+    memory N*D. Their norms, variance or :math:`\sum_n g_n g_n^\top` (the empirical
+    Fisher) follow with NumPy."""
+    return _core.grad_per_sample(_net(net), X, y, loss)
 
 
 def jacobian(net, X):

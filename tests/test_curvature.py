@@ -82,6 +82,42 @@ def test_loss_per_sample(make_problem, loss):
 
 
 @pytest.mark.parametrize("loss", ref.LOSSES)
+@pytest.mark.parametrize("act", ["tanh", "relu", "gelu"])
+def test_grad_per_sample(make_problem, loss, act):
+    """Row n = J_n^T dl_n/df from the reference's Jacobian and output gradient,
+    = finite differences of sample n's loss; the rows sum to the gradient."""
+    net, X, y, rnet = make_problem(loss, activation=act, N=6)
+    G = pk.grad_per_sample(net, X, y, loss)
+    assert G.shape == (6, net.num_params) and G.dtype == np.float64
+    want = np.einsum("nkd,nk->nd", rnet.jacobian(X), ref.loss_grad_output(rnet(X), y, loss))
+    ref.assert_close(G, want, 1e-13, "per-sample gradients")
+    ref.assert_close(G.sum(0), pk.loss_and_grad(net, X, y, loss)[1], 1e-13, "sum of the rows")
+    if act != "relu":
+        fd = ref.fd_jacobian(at_theta(net, lambda: pk.loss_per_sample(net, X, y, loss)), net.theta.copy(), h=1e-6)
+        ref.assert_close(G, fd, 1e-7, "per-sample gradients vs finite differences")
+
+
+def test_grad_per_sample_chunks_float32_and_bad_input():
+    """A call spanning several row chunks equals the rows of 97-row calls;
+    float32 agrees with float64; labels are checked."""
+    rng = np.random.default_rng(3)
+    net = pk.MLP([8, 1500, 4], activation="tanh", seed=1)  # wide: ~300 rows per chunk of the C core
+    X = rng.normal(size=(700, 8))
+    y = rng.integers(0, 4, 700)
+    G = pk.grad_per_sample(net, X, y, "ce")
+    parts = np.concatenate([pk.grad_per_sample(net, X[i:i + 97], y[i:i + 97], "ce") for i in range(0, 700, 97)])
+    np.testing.assert_allclose(G, parts, rtol=1e-12, atol=1e-15)
+    net32 = pk.MLP.from_params([(l.W, l.b) for l in net.layers], activation="tanh", dtype=np.float32)
+    G32 = pk.grad_per_sample(net32, X[:50].astype(np.float32), y[:50], "ce")
+    assert G32.dtype == np.float32
+    np.testing.assert_allclose(G32, G[:50], atol=2e-5 * np.abs(G[:50]).max())
+    with pytest.raises(ValueError, match="y: class labels"):
+        pk.grad_per_sample(net, X[:3], np.array([0, 1, 4]), "ce")
+    with pytest.raises(ValueError, match="X: expected shape"):
+        pk.grad_per_sample(net, X[:3, :5], y[:3], "ce")
+
+
+@pytest.mark.parametrize("loss", ref.LOSSES)
 def test_output_curvature(make_problem, loss):
     """dl/df, Lambda and the square root S (column convention of CONVENTIONS.md)."""
     net, X, y, rnet = make_problem(loss, activation="tanh", N=5)

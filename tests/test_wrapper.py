@@ -92,6 +92,7 @@ FUNCS = {
     "loss": (lambda a: pk.loss(a["net"], a["X"], a["y"], a["loss"]), True, None),
     "loss_and_grad": (lambda a: pk.loss_and_grad(a["net"], a["X"], a["y"], a["loss"]), True, None),
     "loss_per_sample": (lambda a: pk.loss_per_sample(a["net"], a["X"], a["y"], a["loss"]), True, None),
+    "grad_per_sample": (lambda a: pk.grad_per_sample(a["net"], a["X"], a["y"], a["loss"]), True, None),
     "hessian": (lambda a: pk.hessian(a["net"], a["X"], a["y"], a["loss"]), True, None),
     "hvp": (lambda a: pk.hvp(a["net"], a["X"], a["y"], a["loss"], a["V"]), True, ("V", "V")),
     "hvp_1d": (lambda a: pk.hvp(a["net"], a["X"], a["y"], a["loss"], a["v"]), True, ("v", "V")),
