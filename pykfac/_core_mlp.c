@@ -416,17 +416,23 @@ static int parse_kind(int kind, int mc_samples, int allow_kfra)
     return 0;
 }
 
+/* The arguments (net, kind, X, y, loss, mc_samples, seed) of the kernels that
+ * take a curvature kind (not KFRA): parsed, checked and seeded; 0 or -1. */
+static int parse_kind_call(PyObject *args, int *kind, int *mc_samples, pk_rng_t *rng, pk_common_args *a)
+{
+    PyObject *net, *X, *y, *loss, *seed;
+    if (!PyArg_ParseTuple(args, "OiOOOiO", &net, kind, &X, &y, &loss, mc_samples, &seed)) return -1;
+    if (parse_kind(*kind, *mc_samples, 0) < 0 || pk_parse_seed(seed, rng) < 0) return -1;
+    return common_parse(net, X, y, loss, a);
+}
+
 /* diag_curvature(net, kind, X, y, loss, mc_samples, seed) -> ((D,), summed loss) */
 static PyObject *py_diag_curvature(PyObject *self, PyObject *args)
 {
-    PyObject *net, *X, *y, *loss, *seed;
     int kind, mc_samples;
-    if (!PyArg_ParseTuple(args, "OiOOOiO", &net, &kind, &X, &y, &loss, &mc_samples, &seed)) return NULL;
-    if (parse_kind(kind, mc_samples, 0) < 0) return NULL;
     pk_rng_t rng;
-    if (pk_parse_seed(seed, &rng) < 0) return NULL;
     pk_common_args a;
-    if (common_parse(net, X, y, loss, &a) < 0) return NULL;
+    if (parse_kind_call(args, &kind, &mc_samples, &rng, &a) < 0) return NULL;
     npy_intp dims[1] = {(npy_intp)a.net.num_params};
     pk_dims d = dims_of(&a.net, a.n);
     double M = kind == PK_FISHER_EXACT ? d.K : kind == PK_FISHER_MC ? (double)mc_samples : 1;
@@ -530,14 +536,10 @@ static PyObject *py_kfac_factors(PyObject *self, PyObject *args)
 /* output_stack(net, kind, X, y, loss, mc_samples, seed) -> (N, K, M) */
 static PyObject *py_output_stack(PyObject *self, PyObject *args)
 {
-    PyObject *net, *X, *y, *loss, *seed;
     int kind, mc_samples;
-    if (!PyArg_ParseTuple(args, "OiOOOiO", &net, &kind, &X, &y, &loss, &mc_samples, &seed)) return NULL;
-    if (parse_kind(kind, mc_samples, 0) < 0) return NULL;
     pk_rng_t rng;
-    if (pk_parse_seed(seed, &rng) < 0) return NULL;
     pk_common_args a;
-    if (common_parse(net, X, y, loss, &a) < 0) return NULL;
+    if (parse_kind_call(args, &kind, &mc_samples, &rng, &a) < 0) return NULL;
     const int64_t M = pk_output_stack_height((pk_fisher_t)kind, a.loss, (int64_t)a.K, mc_samples);
     npy_intp d3[3] = {a.n, (npy_intp)a.K, (npy_intp)M};
     if (pk_check_memory(array_bytes(3, d3, a.net.typenum) * 2 + (double)a.n * a.K * 2 * itemsize(a.net.typenum),

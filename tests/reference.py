@@ -686,3 +686,23 @@ def assert_close(actual, desired, tol, what=""):
         raise AssertionError(
             f"{what}: scale-relative error {err:.3e} > {tol:.1e} "
             f"(worst at {tuple(int(i) for i in idx)}: {a[idx]!r} vs {d[idx]!r})")
+
+
+# ---------------------------------------------------------------- Laplace priors
+def layer_offsets(model):
+    """[0, end of layer 0, ...] in theta order for any object with .layers[i].num_params."""
+    o = [0]
+    for layer in model.layers:
+        o.append(o[-1] + layer.num_params)
+    return o
+
+
+def prior_diag(prior, model):
+    """(D,) diagonal of a scalar, per-layer or per-parameter prior precision."""
+    off = layer_offsets(model)
+    p = np.asarray(prior, dtype=np.float64).reshape(-1)
+    if p.size == 1:
+        return np.full(off[-1], p[0])
+    if p.size == len(off) - 1:
+        return np.repeat(p, np.diff(off))
+    return p

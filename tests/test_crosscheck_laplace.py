@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import pykfac as pk
+import reference
 
 LIKE = {"regression": "mse", "classification": "ce", "binary": "bce"}
 STRUCTURES = ("full", "diag", "kron", "lowrank")
@@ -49,21 +50,8 @@ def model_and_inputs(net, X, subset):
     return pk.MLP.from_params([(last.W, last.b)], dtype=net.dtype), net.features(X)
 
 
-def layer_offsets(model):
-    o = [0]
-    for layer in model.layers:
-        o.append(o[-1] + layer.num_params)
-    return o
-
-
-def prior_vector(prior, model):
-    o = layer_offsets(model)
-    p = np.asarray(prior, dtype=np.float64).reshape(-1)
-    if p.size == 1:
-        return np.full(o[-1], p[0])
-    if p.size == len(o) - 1:
-        return np.repeat(p, np.diff(o))
-    return p
+layer_offsets = reference.layer_offsets
+prior_vector = reference.prior_diag
 
 
 def make_prior(kind, model, seed=5):

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import pykfac as pk
+import reference
 from pykfac import _core
 from pykfac import laplace as laplace_module
 
@@ -35,21 +36,8 @@ def make(likelihood, sizes=(3, 5, 4), N=12, seed=0, dtype=np.float64):
     return net, X, y
 
 
-def offsets(model):
-    o = [0]
-    for layer in model.layers:
-        o.append(o[-1] + layer.num_params)
-    return o
-
-
-def prior_diag(prior, model):
-    off = offsets(model)
-    p = np.asarray(prior, dtype=np.float64).reshape(-1)
-    if p.size == 1:
-        return np.full(off[-1], p[0])
-    if p.size == len(off) - 1:
-        return np.repeat(p, np.diff(off))
-    return p
+offsets = reference.layer_offsets
+prior_diag = reference.prior_diag
 
 
 def last_layer_model(net):
