@@ -870,6 +870,7 @@ class Laplace:
         self._prior_mean_init = prior_mean
         self._prior_mean = self._check_prior_mean(prior_mean) if net is not None else None
         self._post = None
+        self._n_batches = 0  # batches behind the fit: where an override=False fit continues the MC seeds
         self.loss = None
         self.n_data = None
         self._from_jac = False
@@ -1056,7 +1057,7 @@ class Laplace:
             raise ValueError(f"{name}: contains NaN or Inf")
         return X.astype(self._net.dtype, copy=False)
 
-    def fit(self, data, progress=False):
+    def fit(self, data, progress=False, override=True):
         """Fit the posterior at the network's current parameters (the MAP).
 
         Parameters
@@ -1064,6 +1065,12 @@ class Laplace:
         data : (X, y) tuple or iterable of (X, y) batches
         progress : bool
             tqdm progress bar over batches.
+        override : bool
+            False adds ``data``'s curvature, loss and count to the current fit
+            (online / continual learning, laplace-torch's ``override=False``);
+            the mean moves to the network's current parameters. With the
+            network unchanged this equals one fit on all the data (for
+            ``"kron"``: the factors are summed, then decomposed again).
 
         Returns
         -------
@@ -1082,25 +1089,45 @@ class Laplace:
         # a fit that fails (bad batch, memory) leaves the previous posterior intact:
         # it replaces attributes, never mutates them, so a shallow copy restores it
         saved = dict(self.__dict__)
+        if not isinstance(override, (bool, np.bool_)):
+            raise TypeError(f"override: expected True or False, got {type(override).__name__}")
         try:
-            return self._fit(data, progress)
+            return self._fit(data, progress, None if override else self._post)
         except BaseException:
             self.__dict__.clear()
             self.__dict__.update(saved)
             raise
 
-    def _fit(self, data, progress):
+    def _fit(self, data, progress, prev):
+        """prev: the posterior whose sums this fit extends (None: a fresh fit)."""
         self._set_model(self.net)  # the MAP is the net's CURRENT theta
         self._prior = _Prior(self._prior.values, self._offsets)
         model, lossname, D = self._model, self.lossname, self._offsets[-1]
-        n_total, loss_total = 0, 0.0
+        n_total, loss_total, n_batches = 0, 0.0, 0
         H = h = None
         A = G = None
         gmat_factors = []
+        if prev is not None:  # start from the previous sums (copies: a failed fit changes nothing)
+            n_total, loss_total, n_batches = self.n_data, self.loss, self._n_batches
+            if self.structure == "full":
+                H = prev.H
+            elif self.structure == "diag":
+                h = prev.h
+            elif self.structure == "kron":
+                A = [a * a.dtype.type(n_total) for a in prev.kron.A]
+                G = [g.copy() for g in prev.kron.G]
+            elif prev.gmat is None:
+                raise ValueError("override: this low-rank posterior has no Gmat factors to extend (a file "
+                                 "saved before format version 3); fit it again with override=True")
+            else:
+                gmat_factors.append(prev.gmat[:2])
         seeds = None
-        if self.kind == "mc":
+        if self.kind == "mc":  # later fits continue the stream: fresh draws
             seeds = seed_stream(self.seed)
+            for _ in range(n_batches):
+                next(seeds)
         for X, y in iter_batches(data, progress=progress, desc=f"laplace[{self.structure}]"):
+            n_batches += 1
             X = self._check_X(X)
             y = self._labels(y, X.shape[0])
             Z = self._inputs(X)
@@ -1118,6 +1145,8 @@ class Laplace:
                 # the kernel returns the batch loss from its own forward pass
                 hb, lb = _core.diag_curvature(model, _DIAG_KINDS[self.kind], Z, y, lossname,
                                               self.mc_samples, bseed)
+                if self._sub is not None:
+                    hb = hb[self._sub]
                 h = hb if h is None else h + hb
                 loss_total += lb
             elif self.structure == "kron":
@@ -1144,7 +1173,7 @@ class Laplace:
         if self.structure == "full":
             post = _FullPosterior(H, self._offsets)
         elif self.structure == "diag":
-            post = _DiagPosterior(h if self._sub is None else h[self._sub], self._offsets)
+            post = _DiagPosterior(h, self._offsets)
         elif self.structure == "kron":
             for a in A:
                 a /= n_total
@@ -1161,6 +1190,7 @@ class Laplace:
             post = _LowRankPosterior(s[:r].copy(), _la._leading(Qbuf, D, r), self._offsets,
                                      (U, A, _la._leading(Cbuf, M, r)))
         self._post = post
+        self._n_batches = n_batches
         self.loss = float(loss_total)
         self.n_data = n_total
         self._prior_mean = self._check_prior_mean(self._prior_mean_init)

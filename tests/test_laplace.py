@@ -1223,3 +1223,55 @@ def test_monte_carlo_fisher_posteriors(likelihood):
     err = many.posterior_precision_dense() - 0.8 * np.eye(G.shape[0]) - G
     assert np.abs(err).max() < 6 * np.sqrt(np.mean(np.diag(G)) ** 2 * 2 * len(X) / S) + 1e-12
     assert np.linalg.eigvalsh(full.posterior_precision_dense()).min() > 0.8 - 1e-10
+
+
+# ---------------------------------------------------------------------------
+# fit(..., override=False): adding data to a fit
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("structure, subset, kw", [
+    ("full", "all", {}), ("full", "last_layer", {}), ("diag", "all", {}), ("kron", "all", {}),
+    ("kron", "last_layer", {}), ("lowrank", "all", {}), ("lowrank", "all", {"rank": 6}),
+    ("full", "subnetwork", {"subnetwork_indices": [0, 3, 17, 30, 44]}),
+    ("diag", "subnetwork", {"subnetwork_indices": [0, 3, 17, 30, 44]}),
+    ("full", "all", {"kind": "empirical"}), ("kron", "all", {"kind": "empirical"})])
+def test_fit_without_override_adds_the_data(structure, subset, kw):
+    """With the network unchanged, fit(A) then fit(B, override=False) is the fit
+    on A and B together: precision, log-det, LML, n_data and the loss."""
+    net, X, y = make("classification", N=14)
+    args = dict(prior_precision=0.7, **kw)
+    both = pk.Laplace(net, "classification", structure, subset, **args).fit([(X[:6], y[:6]), (X[6:], y[6:])])
+    la = pk.Laplace(net, "classification", structure, subset, **args).fit((X[:6], y[:6]))
+    assert la.fit((X[6:], y[6:]), override=False) is la
+    assert la.n_data == 14 and la.loss == pytest.approx(both.loss, rel=1e-14)
+    np.testing.assert_allclose(la.posterior_precision_dense(), both.posterior_precision_dense(), rtol=1e-12,
+                               atol=1e-12)
+    assert la.log_marginal_likelihood() == pytest.approx(both.log_marginal_likelihood(), rel=1e-11)
+    np.testing.assert_allclose(la.predictive(X[:3]), both.predictive(X[:3]), atol=1e-12)
+
+
+def test_fit_without_override_at_new_parameters_and_errors():
+    """The curvature of each fit is taken at the parameters of its time; the mean
+    moves to the current ones (online Laplace); Monte Carlo fits draw afresh."""
+    net, X, y = make("regression", N=12)
+    la = pk.Laplace(net, "regression", "full", prior_precision=0.5).fit((X[:5], y[:5]))
+    H1 = pk.ggn(net, X[:5], y[:5], "mse")
+    net.theta = net.theta * 0.9
+    la.fit((X[5:], y[5:]), override=False)
+    H2 = pk.ggn(net, X[5:], y[5:], "mse")
+    np.testing.assert_allclose(la.posterior_precision_dense(), H1 + H2 + 0.5 * np.eye(len(H1)), atol=1e-12)
+    np.testing.assert_array_equal(la.mean, net.theta)
+    mc = pk.Laplace(net, "regression", "kron", kind="mc", seed=3).fit((X, y))
+    G1 = [g.copy() for g in mc._post.kron.G]
+    mc.fit((X, y), override=False)
+    assert not np.allclose(mc._post.kron.G[0], 2 * G1[0])  # new draws, not the first fit's again
+    with pytest.raises(TypeError, match="override"):
+        la.fit((X, y), override="no")
+    low = pk.Laplace(net, "regression", "lowrank").fit((X, y))
+    low._post.gmat = None  # as loaded from a version-2 file
+    before = low.posterior_precision_dense()
+    with pytest.raises(ValueError, match="override: this low-rank posterior has no Gmat factors"):
+        low.fit((X, y), override=False)
+    np.testing.assert_array_equal(low.posterior_precision_dense(), before)
+    fresh = pk.Laplace(net, "regression", "diag").fit((X, y), override=False)  # nothing to extend: a fit
+    np.testing.assert_array_equal(fresh.posterior_precision_dense(),
+                                  pk.Laplace(net, "regression", "diag").fit((X, y)).posterior_precision_dense())
