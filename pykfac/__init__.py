@@ -28,6 +28,8 @@ from .curvature import (
     loss_per_sample,
     output_curvature,
     residual_matvec,
+    trace_estimate,
+    diag_estimate,
     vjp,
 )
 from .kfac import kfac
@@ -72,6 +74,8 @@ __all__ = [
     "residual_matvec",
     "set_num_threads",
     "show_config",
+    "trace_estimate",
+    "diag_estimate",
     "train",
     "vjp",
 ]

@@ -24,6 +24,8 @@ __all__ = [
     "loss_and_grad",
     "loss_per_sample",
     "grad_per_sample",
+    "trace_estimate",
+    "diag_estimate",
     "jacobian",
     "jvp",
     "vjp",
@@ -262,3 +264,67 @@ class HessianOperator(_CurvatureOperator):
     """The exact Hessian as a symmetric ``LinearOperator`` (products via ``hvp``)."""
 
     _which = _HESSIAN
+
+
+# ---------------------------------------------------------------------------
+# stochastic trace and diagonal (curvlinops' hutchinson_trace / hutchpp_trace /
+# hutchinson_diag) for operators too large to form
+# ---------------------------------------------------------------------------
+def _probe_operator(A, num_matvecs, least):
+    shape = getattr(A, "shape", None)
+    if shape is None or len(shape) != 2 or shape[0] != shape[1] or shape[0] < 1:
+        raise ValueError(f"A: expected a square operator or matrix, got shape {shape}")
+    if isinstance(num_matvecs, bool) or not isinstance(num_matvecs, (int, np.integer)) or num_matvecs < least:
+        raise ValueError(f"num_matvecs: expected an int >= {least}, got {num_matvecs!r}")
+    return int(shape[0]), int(num_matvecs)
+
+
+def _rademacher(D, m, seed):
+    """(D, m) random signs from the C core's generator (reproducible per seed)."""
+    return np.where(_core.standard_normal(D, m, False, seed) >= 0, 1.0, -1.0)
+
+
+def _apply(A, V):
+    return np.asarray(A @ V, dtype=np.float64).reshape(V.shape)
+
+
+def trace_estimate(A, num_matvecs, method="hutch++", seed=None):
+    r"""Estimate :math:`\mathrm{tr}(A)` from ``num_matvecs`` products with random signs.
+
+    ``A``: any square operator with ``A @ V`` (``GGNOperator``,
+    ``HessianOperator``, ``KronCurvature.as_linear_operator()``, an array).
+
+    * ``"hutchinson"``: :math:`\frac1m\sum_i z_i^\top A z_i`, unbiased, variance
+      :math:`\frac2m\sum_{i\ne j} a_{ij}^2`.
+    * ``"hutch++"`` (Meyer et al. 2021): a third of the products sketch the range,
+      :math:`Q = \mathrm{orth}(AS)`; :math:`\mathrm{tr}(Q^\top AQ)` exactly plus Hutchinson
+      on :math:`(I-QQ^\top)A(I-QQ^\top)`. Unbiased; for PSD A the error falls like
+      :math:`1/m` instead of :math:`1/\sqrt m`, and it is exact when
+      :math:`\mathrm{rank}(A) \le m/3` (a GGN of rank N K, say). Needs ``num_matvecs >= 3``.
+
+    Returns a float.
+    """
+    if method not in ("hutchinson", "hutch++"):
+        raise ValueError(f"method: expected 'hutchinson' or 'hutch++', got {method!r}")
+    D, m = _probe_operator(A, num_matvecs, 3 if method == "hutch++" else 1)
+    seed = resolve_seed(seed)
+    if method == "hutchinson":
+        Z = _rademacher(D, m, seed)
+        return float(np.einsum("ij,ij->", Z, _apply(A, Z)) / m)
+    k = m // 3
+    S = _rademacher(D, 2 * k, seed)
+    Q = np.linalg.qr(_apply(A, S[:, :k]))[0]
+    G = S[:, k:]
+    G = G - Q @ (Q.T @ G)
+    return float(np.einsum("ij,ij->", Q, _apply(A, Q)) + np.einsum("ij,ij->", G, _apply(A, G)) / k)
+
+
+def diag_estimate(A, num_matvecs, seed=None):
+    r"""Estimate :math:`\mathrm{diag}(A)` (D,) as :math:`\frac1m\sum_i z_i \circ A z_i` with
+    random signs (Bekas et al. 2007): unbiased, entry i with variance
+    :math:`\frac1m\sum_{j\ne i} a_{ij}^2`; exact for a diagonal A. For the GGN
+    itself :func:`diag_ggn` is exact and cheaper; this serves the Hessian and
+    other operators."""
+    D, m = _probe_operator(A, num_matvecs, 1)
+    Z = _rademacher(D, m, resolve_seed(seed))
+    return np.einsum("ij,ij->i", Z, _apply(A, Z)) / m

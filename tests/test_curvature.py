@@ -420,3 +420,42 @@ def test_bce_accepts_pm1_labels(make_problem):
                                   pk.empirical_fisher_diag(net, X, y01, "bce"))
     # and the labels matter: flipping them changes the loss
     assert pk.loss(net, X, 1.0 - y01, "bce") != pytest.approx(pk.loss(net, X, y01, "bce"))
+
+
+# ---------------------------------------------------------------- stochastic trace / diagonal
+def test_trace_and_diag_estimates():
+    """Hutchinson is unbiased (the mean over seeds within its standard error),
+    Hutch++ is exact for an operator of rank <= m/3 (the GGN of a small batch)
+    and far more accurate than Hutchinson on a PSD matrix with a decaying
+    spectrum; the diagonal estimate is exact for a diagonal matrix and unbiased."""
+    rng = np.random.default_rng(0)
+    D = 60
+    Qm = np.linalg.qr(rng.normal(size=(D, D)))[0]
+    A = (Qm * (0.7 ** np.arange(D))) @ Qm.T           # PSD, decaying spectrum
+    tr = np.trace(A)
+    off = A - np.diag(np.diag(A))
+    sd = np.sqrt(2 * np.sum(off ** 2) / 30)
+    hut = np.array([pk.trace_estimate(A, 30, "hutchinson", seed=s) for s in range(200)])
+    assert abs(hut.mean() - tr) < 5 * sd / np.sqrt(200)
+    assert 0.5 * sd < hut.std() < 2 * sd
+    hpp = np.array([pk.trace_estimate(A, 30, "hutch++", seed=s) for s in range(200)])
+    assert abs(hpp.mean() - tr) < 5 * hpp.std() / np.sqrt(200) + 1e-12
+    assert hpp.std() < 0.2 * hut.std()
+    assert pk.trace_estimate(A, 30, seed=4) == pk.trace_estimate(A, 30, seed=4)
+    net = pk.MLP([3, 6, 2], seed=0)
+    X, y = rng.normal(size=(2, 3)), rng.integers(0, 2, 2)
+    G = pk.ggn(net, X, y, "ce")                        # rank <= N K = 4 <= 15 // 3: Hutch++ is exact
+    assert pk.trace_estimate(pk.GGNOperator(net, X, y, "ce"), 15, seed=1) == pytest.approx(np.trace(G), rel=1e-10)
+    Hop = pk.HessianOperator(net, X, y, "ce")
+    H = pk.hessian(net, X, y, "ce")
+    est = np.mean([pk.diag_estimate(Hop, 50, seed=s) for s in range(40)], axis=0)
+    sd_d = np.sqrt((np.sum(H ** 2, 1) - np.diag(H) ** 2) / 2000)
+    assert np.all(np.abs(est - np.diag(H)) < 5 * sd_d + 1e-12)
+    d = rng.uniform(1, 2, D)
+    np.testing.assert_allclose(pk.diag_estimate(np.diag(d), 1, seed=0), d, rtol=1e-15)
+    with pytest.raises(ValueError, match="num_matvecs: expected an int >= 3"):
+        pk.trace_estimate(A, 2)
+    with pytest.raises(ValueError, match="A: expected a square operator"):
+        pk.diag_estimate(np.ones((3, 4)), 5)
+    with pytest.raises(ValueError, match="method"):
+        pk.trace_estimate(A, 9, method="xtrace")
