@@ -271,6 +271,8 @@ class HessianOperator(_CurvatureOperator):
 # hutchinson_diag) for operators too large to form
 # ---------------------------------------------------------------------------
 def _probe_operator(A, num_matvecs, least):
+    if isinstance(A, np.ndarray) and A.dtype.kind not in "iuf":
+        raise TypeError(f"A: expected a real matrix, got dtype {A.dtype}")
     shape = getattr(A, "shape", None)
     if shape is None or len(shape) != 2 or shape[0] != shape[1] or shape[0] < 1:
         raise ValueError(f"A: expected a square operator or matrix, got shape {shape}")
@@ -285,7 +287,10 @@ def _rademacher(D, m, seed):
 
 
 def _apply(A, V):
-    return np.asarray(A @ V, dtype=np.float64).reshape(V.shape)
+    AV = np.asarray(A @ V, dtype=np.float64).reshape(V.shape)
+    if not np.all(np.isfinite(AV)):
+        raise ValueError("A: its products contain NaN or Inf")
+    return AV
 
 
 def trace_estimate(A, num_matvecs, method="hutch++", seed=None):

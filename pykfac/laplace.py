@@ -35,7 +35,7 @@ import numpy as np
 
 from . import _core, _persist
 from . import linalg as _la
-from ._data import iter_batches, resolve_seed, seed_stream
+from ._data import flag, iter_batches, resolve_seed, seed_stream
 from .curvature import ggn, jacobian, jvp, loss as _loss_value
 from .curvature import output_curvature
 from .kfac import KFAC_KINDS
@@ -121,10 +121,15 @@ class _Prior:
     """A diagonal prior precision: scalar, per layer, or per parameter.
 
     ``values`` (float64, length 1, L or D), ``kind`` in {"scalar", "layer",
-    "param"}, ``diag`` the (D,) expansion, ``offsets`` the L + 1 layer offsets."""
+    "param"}, ``diag`` the (D,) expansion, ``offsets`` the L + 1 layer offsets.
+    The kind follows from the length unless given (or taken from a _Prior):
+    a subnetwork may have as many parameters as the network has layers, and
+    then L values read as one per layer."""
 
-    def __init__(self, value, offsets):
+    def __init__(self, value, offsets, kind=None):
         D, L = offsets[-1], len(offsets) - 1
+        if isinstance(value, _Prior):
+            kind = kind or value.kind
         arr = _real_array(value, "prior_precision") if not isinstance(value, _Prior) else value.values
         if arr.ndim > 1:
             raise ValueError(f"prior_precision: expected a number or a 1-D array, got shape {arr.shape}")
@@ -133,18 +138,14 @@ class _Prior:
             raise ValueError("prior_precision: contains NaN or Inf")
         if np.any(arr <= 0):
             raise ValueError(f"prior_precision: expected values > 0, got minimum {arr.min():g}")
-        if arr.size == 1:
-            kind = "scalar"
-            diag = np.full(D, arr[0])
-        elif arr.size == L:
-            kind = "layer"
-            diag = np.repeat(arr, np.diff(offsets))
-        elif arr.size == D:
-            kind = "param"
-            diag = arr.copy()
-        else:
+        sizes = {"scalar": 1, "layer": L, "param": D}
+        if kind is None:
+            kind = next((k for k, n in sizes.items() if arr.size == n), None)
+        if kind is None or arr.size != sizes[kind]:
             raise ValueError(f"prior_precision: expected a number, {L} values (one per layer) or "
                              f"{D} values (one per parameter), got {arr.size}")
+        diag = {"scalar": lambda: np.full(D, arr[0]), "layer": lambda: np.repeat(arr, np.diff(offsets)),
+                "param": lambda: arr.copy()}[kind]()
         self.values, self.kind, self.diag, self.offsets = arr, kind, diag, list(offsets)
         self.values.setflags(write=False)
         self.diag.setflags(write=False)
@@ -823,6 +824,7 @@ class Laplace:
                  prior_precision=1.0, sigma_noise=1.0, temperature=1.0, prior_mean=0.0,
                  kind="exact", mc_samples=1, rank=None, kron_damping="exact", seed=None,
                  subnetwork_indices=None):
+        self._sub = None  # the subnetwork's indices into net.theta (set by _set_model)
         if net is not None and not isinstance(net, MLP):
             raise TypeError(f"net: expected a pykfac.MLP, got {type(net).__name__}")
         self.likelihood = _choice(likelihood, LIKELIHOODS, "likelihood")
@@ -971,8 +973,11 @@ class Laplace:
     def prior_precision(self, value):
         self._prior = self._make_prior(value)
 
-    def _make_prior(self, value):
-        prior = _Prior(value, self._offsets)
+    def _make_prior(self, value, kind=None):
+        D, L = self._offsets[-1], len(self._offsets) - 1
+        if kind is None and self._sub is not None and D == L > 1 and np.size(value) == D:
+            kind = "param"  # a subnetwork with as many parameters as layers: its own parameters win
+        prior = _Prior(value, self._offsets, kind)
         if self.structure == "kron":
             prior.layer_values()  # kron: scalar or per layer only (raises otherwise)
         return prior
@@ -1101,7 +1106,7 @@ class Laplace:
     def _fit(self, data, progress, prev):
         """prev: the posterior whose sums this fit extends (None: a fresh fit)."""
         self._set_model(self.net)  # the MAP is the net's CURRENT theta
-        self._prior = _Prior(self._prior.values, self._offsets)
+        self._prior = _Prior(self._prior, self._offsets)
         model, lossname, D = self._model, self.lossname, self._offsets[-1]
         n_total, loss_total, n_batches = 0, 0.0, 0
         H = h = None
@@ -1354,7 +1359,7 @@ class Laplace:
             raise ValueError("prior_structure: structure='kron' supports 'scalar' or 'layer' priors")
         size = {"scalar": 1, "layer": L, "param": D}[structure]
         cur = self._prior.values
-        if cur.size == size:
+        if self._prior.kind == structure:
             x0 = np.log(cur)
         elif cur.size == 1:
             x0 = np.full(size, np.log(cur[0]))
@@ -1364,7 +1369,7 @@ class Laplace:
             x0 = np.append(x0, np.log(self._sigma))
 
         def fun(x):
-            prior = _Prior(np.exp(x[:size]), self._offsets)
+            prior = _Prior(np.exp(x[:size]), self._offsets, structure)
             sigma = float(np.exp(x[size])) if optimize_sigma else self._sigma
             lml, gp, gs = self._lml_and_grad(prior, sigma, optimize_sigma)
             g = -gp if not optimize_sigma else -np.append(gp, gs)
@@ -1376,7 +1381,7 @@ class Laplace:
         res = minimize(fun, x0, jac=True, method="L-BFGS-B", bounds=bounds,
                        options={"maxiter": 500, "ftol": 1e-12, "gtol": 1e-8})
         x = res.x
-        self.prior_precision = np.exp(x[:size]) if size > 1 else float(np.exp(x[0]))
+        self._prior = self._make_prior(np.exp(x[:size]), structure)
         if optimize_sigma:
             self.sigma_noise = float(np.exp(x[size]))
         return self
@@ -1616,7 +1621,7 @@ class Laplace:
         binary : (N,) probabilities of y = 1.
         """
         n_samples = self._pred_args(pred_type, link_approx, n_samples)
-        if joint:
+        if flag(joint, "joint"):
             if self.likelihood != "regression" or pred_type != "glm":
                 raise ValueError("joint: only for likelihood='regression' with pred_type='glm'")
             cache, X = self._test_points(X, jacobians, f_map, pred_type)
@@ -1854,6 +1859,10 @@ class Laplace:
             "offsets": [int(o) for o in self._offsets], "D": int(self._offsets[-1]),
             # full + scalar prior after optimize_prior_precision: log-dets from the eigenvalues
             "prefer_eig": bool(getattr(self._post, "prefer_eig", False)),
+            # the prior's reading (a subnetwork's D can equal its L); the MC seed
+            # and batch count, where a fit(..., override=False) after load continues
+            "prior_kind": self._prior.kind,
+            "seed": getattr(self, "seed", None), "n_batches": int(getattr(self, "_n_batches", 0)),
             # low rank: the file holds Gmat's factors (version 3)
             "lowrank_factors": getattr(self._post, "gmat", None) is not None,
         }
@@ -1999,7 +2008,7 @@ class Laplace:
                 if isinstance(K, bool) or not isinstance(K, int) or K < 1:
                     raise ValueError(f"n_outputs: expected an int >= 1, got {K!r}")
                 la.n_outputs, la.dtype, la._offsets = K, dtype, offsets
-                la._prior = _Prior(files["prior_precision"], offsets)
+                la._prior = _Prior(files["prior_precision"], offsets, cls._prior_kind(meta))
                 la._prior_mean = la._check_prior_mean(files["prior_mean"])
                 la._from_jac = True
                 la._theta_map = files.get("theta_map")
@@ -2028,12 +2037,19 @@ class Laplace:
                      sigma_noise=meta["sigma_noise"], temperature=meta["temperature"],
                      prior_mean=files["prior_mean"], kind=meta["kind"], mc_samples=meta["mc_samples"],
                      rank=meta["rank"], kron_damping=meta["kron_damping"],
-                     subnetwork_indices=files.get("subnetwork_indices"))
+                     subnetwork_indices=files.get("subnetwork_indices"), seed=meta.get("seed"))
             if la._offsets != offsets:
                 raise ValueError("subnetwork_indices: do not match the layer offsets")
+            la._prior = la._make_prior(files["prior_precision"], cls._prior_kind(meta))
             la._post = _POSTERIORS[meta["structure"]].from_state(post_state, la._offsets, meta)
             cls._load_scalars(la, meta)
         return la
+
+    @staticmethod
+    def _prior_kind(meta):
+        """The saved prior's kind (None in files before it was stored: from its length)."""
+        kind = meta.get("prior_kind")
+        return None if kind is None else _choice(kind, ("scalar", "layer", "param"), "prior_kind")
 
     @staticmethod
     def _load_scalars(la, meta):
@@ -2044,6 +2060,10 @@ class Laplace:
                                  or not math.isfinite(loss)):
             raise ValueError(f"loss: expected a finite number or None, got {loss!r}")
         la.n_data, la.loss = n_data, None if loss is None else float(loss)
+        n_batches = meta.get("n_batches", 0)
+        if isinstance(n_batches, bool) or not isinstance(n_batches, int) or n_batches < 0:
+            raise ValueError(f"n_batches: expected an int >= 0, got {n_batches!r}")
+        la._n_batches = n_batches
         if meta.get("prefer_eig") and isinstance(la._post, _FullPosterior):
             la._post.prefer_eig = True
 

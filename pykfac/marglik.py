@@ -5,7 +5,7 @@ import numbers
 
 import numpy as np
 
-from ._data import _is_pair, iter_batches, resolve_seed
+from ._data import _is_pair, flag, iter_batches, resolve_seed
 from .laplace import LIKELIHOODS, STRUCTURES, Laplace, _Prior, _choice
 from .mlp import MLP
 from .optim import SGD, Adam
@@ -101,10 +101,14 @@ def marglik_training(net, data, likelihood="classification", structure="kron", n
     n_hypersteps = _count(n_hypersteps, "n_hypersteps", 0)
     marglik_frequency = _count(marglik_frequency, "marglik_frequency", 1)
     n_epochs_burnin = _count(n_epochs_burnin, "n_epochs_burnin", 0)
+    if n_epochs_burnin > n_epochs:
+        raise ValueError(f"n_epochs_burnin: expected <= n_epochs = {n_epochs} (no marginal likelihood step "
+                         f"would run), got {n_epochs_burnin}")
     lr_hyp = _positive(lr_hyp, "lr_hyp")
     temperature = _positive(temperature, "temperature")
     delta0 = _positive(prior_precision, "prior_precision")
     sigma0 = _positive(sigma_noise, "sigma_noise")
+    fix_sigma_noise, progress = flag(fix_sigma_noise, "fix_sigma_noise"), flag(progress, "progress")
     regression = likelihood == "regression"
     if not regression and sigma0 != 1.0:
         raise ValueError(f"sigma_noise: only regression has observation noise, got {sigma0}")
@@ -126,7 +130,7 @@ def marglik_training(net, data, likelihood="classification", structure="kron", n
 
     def weight_decay(x):
         prior, sigma = hyper(x)
-        return _Prior(prior, offsets).diag * (sigma * sigma * temperature / N)
+        return _Prior(prior, offsets, prior_structure).diag * (sigma * sigma * temperature / N)
 
     loss = LIKELIHOODS[likelihood]
     opt = (Adam(net, loss, lr, weight_decay=weight_decay(x)) if optimizer == "adam"

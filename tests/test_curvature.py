@@ -459,3 +459,7 @@ def test_trace_and_diag_estimates():
         pk.diag_estimate(np.ones((3, 4)), 5)
     with pytest.raises(ValueError, match="method"):
         pk.trace_estimate(A, 9, method="xtrace")
+    with pytest.raises(ValueError, match="A: its products contain NaN"):
+        pk.trace_estimate(np.where(np.eye(D) > 0, np.nan, A), 9)
+    with pytest.raises(TypeError, match="A: expected a real matrix"):
+        pk.diag_estimate(A.astype(complex), 3)

@@ -123,6 +123,8 @@ def test_argument_errors():
         (dict(n_epochs=0), ValueError, "n_epochs"),
         (dict(n_hypersteps=-1), ValueError, "n_hypersteps"),
         (dict(marglik_frequency=0), ValueError, "marglik_frequency"),
+        (dict(n_epochs_burnin=3), ValueError, "n_epochs_burnin: expected <= n_epochs"),
+        (dict(fix_sigma_noise="no"), TypeError, "fix_sigma_noise"),
         (dict(lr_hyp=0), ValueError, "lr_hyp"),
         (dict(prior_precision=-1.0), ValueError, "prior_precision"),
         (dict(sigma_noise=2.0), ValueError, "sigma_noise: only regression"),
