@@ -6,8 +6,6 @@ placeholders for the README's free variables (X, y, Xt, X1, X2, Xv, yv, net,
 la_reg) and checks what the README says about it against dense NumPy.
 """
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -849,11 +847,12 @@ def test_metrics():
 
 
 # ---- command line ---------------------------------------------------------------------
-def test_cli_help_and_config():
-    out = subprocess.run([sys.executable, "-m", "pykfac", "demo", "--help"], capture_output=True, text=True,
-                         timeout=60)
+def test_cli_help_and_config(tmp_path):
+    from test_demo import cli  # runs outside the checkout, with the tested pykfac on PYTHONPATH
+
+    out = cli("demo", "--help", cwd=tmp_path)
     assert out.returncode == 0
     for opt in ("--out", "--seed", "--no-progress"):
         assert opt in out.stdout
-    cfg = subprocess.run([sys.executable, "-m", "pykfac", "config"], capture_output=True, text=True, timeout=60)
+    cfg = cli("config", cwd=tmp_path)
     assert cfg.returncode == 0 and "blas_library" in cfg.stdout and pk.__version__ in cfg.stdout
