@@ -306,6 +306,7 @@ class DensePrecision:
     """
 
     def __init__(self, P, name="precision"):
+        # read-only and finite (chol's output), so solves and draws skip re-scanning it
         self.L = _core.chol(P, name)
         self.L.setflags(write=False)
         self.dtype = self.L.dtype
@@ -318,7 +319,7 @@ class DensePrecision:
     def solve(self, V):
         """:math:`P^{-1} V` for V (D,) or (D, m); cost :math:`O(D^2 m)`."""
         V2, squeeze = _rhs(V, self.shape[0])
-        R = _core.chol_solve(self.L, V2)
+        R = _core.chol_solve(self.L, V2, check_L=False)
         return R[:, 0] if squeeze else R
 
     def inverse(self):
@@ -329,11 +330,11 @@ class DensePrecision:
         """``n`` draws of :math:`\\mathcal N(0, P^{-1})` as rows (n, D): :math:`L^{-\\top} z`."""
         Z = _core.standard_normal(_n_samples(n), self.shape[0], self.dtype == np.float32,
                                   resolve_seed(seed))
-        return _core.chol_sample(self.L, Z)
+        return _core.chol_sample(self.L, Z, check_L=False)
 
     def whiten(self, Z):
         """Rows :math:`L^{-\\top} z` for standard-normal rows ``Z`` (m, D)."""
-        return _core.chol_sample(self.L, Z)
+        return _core.chol_sample(self.L, Z, check_L=False)
 
 
 # ---------------------------------------------------------------------------

@@ -244,6 +244,27 @@ def test_dense_precision(dtype):
         assert np.array_equal(S, dp.sample(20000, seed=3))
 
 
+def test_chol_factor_scan_skipped_only_on_request():
+    """DensePrecision's own (read-only, finite) factor skips the per-call NaN scan;
+    a factor passed to the core is still scanned by default, and skipping the scan
+    changes no value."""
+    from pykfac import _core
+    r = rng_(12)
+    P = spd(r, 5)
+    dp = la.DensePrecision(P)
+    assert not dp.L.flags.writeable
+    Z, B = r.standard_normal((4, 5)), r.standard_normal((5, 2))
+    assert np.array_equal(_core.chol_sample(dp.L, Z), _core.chol_sample(dp.L, Z, check_L=False))
+    assert np.array_equal(_core.chol_solve(dp.L, B), dp.solve(B))
+    bad = dp.L.copy()
+    bad[3, 1] = np.nan
+    for call in (lambda: _core.chol_sample(bad, Z), lambda: _core.chol_solve(bad, B)):
+        with pytest.raises(ValueError, match="L: contains NaN"):
+            call()
+    with pytest.raises(ValueError, match="L: expected a square matrix"):
+        _core.chol_sample(np.ones((5, 4)), Z, check_L=False)
+
+
 def test_dense_precision_not_pd_names_matrix():
     with pytest.raises(pk.LinAlgError, match="posterior precision"):
         la.DensePrecision(np.diag([1.0, -1.0]), name="posterior precision")
