@@ -760,9 +760,29 @@ def _bridge(mu, var, normalized=False):
     return out
 
 
+def _add_scaled_sums(prev, new, weight):
+    """The fit's curvature sums (H, h, [A], [G], Gmat factors): prev + weight * new,
+    for a subset-of-data fit scaled to all rows. Both Kronecker factor sums scale,
+    so G (x) A / N is weight times the subset's K-FAC; Gmat's columns scale by
+    sqrt(weight)."""
+    def add(p, x):
+        if x is None:
+            return p
+        x = x * x.dtype.type(weight)
+        return x if p is None else p + x
+
+    (pH, ph, pA, pG, pgmat), (H, h, A, G, gmat) = prev, new
+    if A is not None:
+        A = [add(p, a) for p, a in zip(pA or [None] * len(A), A)]
+        G = [add(p, g) for p, g in zip(pG or [None] * len(G), G)]
+    root = math.sqrt(weight)
+    return add(pH, H), add(ph, h), A, G, pgmat + [([u * u.dtype.type(root) for u in U], As) for U, As in gmat]
+
+
 # ---------------------------------------------------------------------------
 # the public class
 # ---------------------------------------------------------------------------
+
 class Laplace:
     r"""Laplace approximation :math:`\mathcal N(\theta^*, P^{-1})` of a trained network.
 
@@ -809,7 +829,7 @@ class Laplace:
         ``"factored"``: Ritter et al.'s :math:`(\lambda_G/(\sigma^2T) + \sqrt\delta)(\lambda_A + \sqrt\delta)`
         instead of the exact :math:`\lambda_G\lambda_A/(\sigma^2T) + \delta`.
     seed : int or None
-        Seeds ``kind="mc"``.
+        Seeds ``kind="mc"`` and the rows of ``fit(..., n_subset=)``.
 
     Attributes
     ----------
@@ -818,6 +838,8 @@ class Laplace:
         ``subset="last_layer"``, ``net.theta[subnetwork_indices]`` for a subnetwork).
     n_params, n_data, n_outputs, loss : int, int, int, float
         ``loss`` is the summed training loss at the MAP.
+    subset_indices : ndarray or None
+        The rows the last ``fit(..., n_subset=)`` drew (sorted), else None.
     """
 
     def __init__(self, net, likelihood="classification", structure="kron", subset="all",
@@ -872,6 +894,7 @@ class Laplace:
         self._prior_mean_init = prior_mean
         self._prior_mean = self._check_prior_mean(prior_mean) if net is not None else None
         self._post = None
+        self.subset_indices = None
         self._n_batches = 0  # batches behind the fit: where an override=False fit continues the MC seeds
         self.loss = None
         self.n_data = None
@@ -1062,7 +1085,7 @@ class Laplace:
             raise ValueError(f"{name}: contains NaN or Inf")
         return X.astype(self._net.dtype, copy=False)
 
-    def fit(self, data, progress=False, override=True):
+    def fit(self, data, progress=False, override=True, n_subset=None):
         """Fit the posterior at the network's current parameters (the MAP).
 
         Parameters
@@ -1076,6 +1099,13 @@ class Laplace:
             the mean moves to the network's current parameters. With the
             network unchanged this equals one fit on all the data (for
             ``"kron"``: the factors are summed, then decomposed again).
+        n_subset : int or None
+            Subset of data (laplace-torch's ``FunctionalLaplace(n_subset=)``):
+            the curvature of ``n_subset`` rows drawn uniformly without
+            replacement (seeded by ``seed``), times N / n_subset, an unbiased
+            estimate of the whole data's; the loss and ``n_data`` still cover
+            all N rows. The rows drawn are ``subset_indices`` (positions in the
+            data's row order, the same however the data are batched).
 
         Returns
         -------
@@ -1096,15 +1126,43 @@ class Laplace:
         saved = dict(self.__dict__)
         if not isinstance(override, (bool, np.bool_)):
             raise TypeError(f"override: expected True or False, got {type(override).__name__}")
+        if n_subset is not None and (isinstance(n_subset, (bool, np.bool_)) or not isinstance(n_subset, (int, np.integer))
+                                     or n_subset < 1):
+            raise ValueError(f"n_subset: expected a positive int or None, got {n_subset!r}")
         try:
-            return self._fit(data, progress, None if override else self._post)
+            return self._fit(data, progress, None if override else self._post, n_subset)
         except BaseException:
             self.__dict__.clear()
             self.__dict__.update(saved)
             raise
 
-    def _fit(self, data, progress, prev):
-        """prev: the posterior whose sums this fit extends (None: a fresh fit)."""
+    def _subset_of_data(self, data, progress, n_subset):
+        """One pass over ``data``: (rows, summed loss, X and y of n_subset rows drawn
+        uniformly without replacement, their row indices). The rows kept are those
+        with the smallest of i.i.d. uniform keys drawn in row order, so batching
+        does not change the draw; only n_subset + one batch of rows are held."""
+        rng = np.random.default_rng(self.seed)
+        n, loss = 0, 0.0
+        keys, Xs, ys, idx = np.empty(0), [], [], np.empty(0, dtype=np.int64)
+        for X, y in iter_batches(data, progress=progress, desc=f"laplace[{self.structure}] subset"):
+            X = self._check_X(X)
+            y = self._labels(y, X.shape[0])
+            loss += _loss_value(self._model, self._inputs(X), y, self.lossname)
+            keys = np.concatenate([keys, rng.random(X.shape[0])])
+            Xs, ys = Xs + [X], ys + [y]
+            idx = np.concatenate([idx, np.arange(n, n + X.shape[0])])
+            n += X.shape[0]
+            if keys.size > n_subset:
+                keep = np.sort(np.argpartition(keys, n_subset - 1)[:n_subset])
+                Xs, ys = [np.concatenate(Xs)[keep]], [np.concatenate(ys)[keep]]
+                keys, idx = keys[keep], idx[keep]
+        if n < n_subset:
+            raise ValueError(f"n_subset: expected at most the number of data points ({n}), got {n_subset}")
+        return n, loss, np.concatenate(Xs), np.concatenate(ys), idx
+
+    def _fit(self, data, progress, prev, n_subset=None):
+        """prev: the posterior whose sums this fit extends (None: a fresh fit);
+        n_subset: fit the curvature on that many rows, scaled to all of them."""
         self._set_model(self.net)  # the MAP is the net's CURRENT theta
         self._prior = _Prior(self._prior, self._offsets)
         model, lossname, D = self._model, self.lossname, self._offsets[-1]
@@ -1131,7 +1189,19 @@ class Laplace:
             seeds = seed_stream(self.seed)
             for _ in range(n_batches):
                 next(seeds)
-        for X, y in iter_batches(data, progress=progress, desc=f"laplace[{self.structure}]"):
+        subset_indices, weight = None, 1.0
+        if n_subset is None:
+            batches = iter_batches(data, progress=progress, desc=f"laplace[{self.structure}]")
+        else:
+            n_all, loss_all, X_sub, y_sub, subset_indices = self._subset_of_data(data, progress, n_subset)
+            batches, weight = [(X_sub, y_sub)], n_all / n_subset
+            n_before, loss_before = n_total, loss_total
+            # the curvature sums start at zero and are scaled to all rows below; the
+            # previous fit's sums (override=False) and the loss are added unscaled
+            prev_sums = (H, h, A, G, gmat_factors)
+            H = h = A = G = None
+            gmat_factors = []
+        for X, y in batches:
             n_batches += 1
             X = self._check_X(X)
             y = self._labels(y, X.shape[0])
@@ -1165,7 +1235,7 @@ class Laplace:
                 # (sum_k S_n[k, j] G_n[k, :]) (x) [a_n; 1] (never formed)
                 S = self._output_stack(Z, y, bseed)
                 Gs, As = _core.layer_jacobians(model, Z)
-                M = S.shape[2] * (X.shape[0] + n_total)
+                M = S.shape[2] * (X.shape[0] + sum(u[0].shape[0] for u, _ in gmat_factors))
                 r = M if self.rank is None else min(M, self.rank)
                 if D * r > _LOWRANK_MAX or M * M > _LOWRANK_MAX:
                     raise MemoryError(f"structure='lowrank': the eigenvectors (D x r = {D} x {r}) or the Gram "
@@ -1175,6 +1245,9 @@ class Laplace:
                 gmat_factors.append(([np.matmul(St, g) for g in Gs], As))
                 loss_total += _loss_value(model, Z, y, lossname)
             n_total += X.shape[0]
+        if subset_indices is not None:
+            n_total, loss_total = n_before + n_all, loss_before + loss_all
+            H, h, A, G, gmat_factors = _add_scaled_sums(prev_sums, (H, h, A, G, gmat_factors), weight)
         if self.structure == "full":
             post = _FullPosterior(H, self._offsets)
         elif self.structure == "diag":
@@ -1195,6 +1268,7 @@ class Laplace:
             post = _LowRankPosterior(s[:r].copy(), _la._leading(Qbuf, D, r), self._offsets,
                                      (U, A, _la._leading(Cbuf, M, r)))
         self._post = post
+        self.subset_indices = subset_indices
         self._n_batches = n_batches
         self.loss = float(loss_total)
         self.n_data = n_total
