@@ -36,7 +36,7 @@ import numpy as np
 from . import _core, _persist
 from . import linalg as _la
 from ._data import flag, iter_batches, resolve_seed, seed_stream
-from .curvature import ggn, jacobian, jvp, loss as _loss_value
+from .curvature import ggn, hessian, hvp, jacobian, jvp, loss as _loss_value
 from .curvature import output_curvature
 from .kfac import KFAC_KINDS
 from .kron import KronCurvature
@@ -283,9 +283,12 @@ class _Posterior:
 class _FullPosterior(_Posterior):
     structure = "full"
 
-    def __init__(self, H, offsets):
+    def __init__(self, H, offsets, psd=True):
+        """psd=False (an exact Hessian): H may be indefinite, so its eigenvalues must
+        not be clipped; every log-det and solve goes through a Cholesky of P."""
         super().__init__(H.shape[0], H.dtype, offsets)
         self.H = H
+        self.psd = psd
         self._eig = None
         self._chol = (None, None)
         self._cov = (None, None)
@@ -294,14 +297,14 @@ class _FullPosterior(_Posterior):
         self.prefer_eig = False
 
     def _use_eig(self, prior):
-        return prior.kind == "scalar" and (self.prefer_eig or self._eig is not None)
+        return self.psd and prior.kind == "scalar" and (self.prefer_eig or self._eig is not None)
 
     def state(self):
         return {"H": self.H}
 
     @classmethod
     def from_state(cls, st, offsets, meta):
-        return cls(st["H"], offsets)
+        return cls(st["H"], offsets, psd=meta.get("kind") != "hessian")
 
     def _eigvals(self):
         if self._eig is None:
@@ -312,7 +315,9 @@ class _FullPosterior(_Posterior):
         key = (c, prior.key)
         cached_key, chol = self._chol
         if cached_key != key:
-            chol = _la.DensePrecision(self.precision_dense(c, prior), "posterior precision")
+            name = "posterior precision" if self.psd else \
+                "posterior precision (kind='hessian': the Hessian is indefinite here; raise the prior precision)"
+            chol = _la.DensePrecision(self.precision_dense(c, prior), name)
             self._chol = (key, chol)
         return chol
 
@@ -816,11 +821,14 @@ class Laplace:
         :math:`T` in :math:`P = G/(\sigma^2 T) + P_0`.
     prior_mean : float or array_like (D,)
         :math:`\mu_0`, used in the log marginal likelihood only.
-    kind : {"exact", "mc", "empirical", "kfra"}
+    kind : {"exact", "mc", "empirical", "kfra", "hessian"}
         The curvature: the exact GGN, its Monte Carlo (Fisher) estimate with
         ``mc_samples`` targets per datum sampled from the model, or the
         empirical Fisher :math:`\sum_n g_n g_n^\top` (true-label gradients),
-        for every structure; ``"kfra"`` for ``"kron"`` only.
+        for every structure; ``"kfra"`` for ``"kron"`` only; ``"hessian"``
+        (the exact Hessian of the loss, which may be indefinite away from a
+        minimum: then P is not positive definite and its use raises
+        ``pk.LinAlgError``) for ``"full"``.
     mc_samples : int
         Sampled targets per datum for ``kind="mc"``.
     rank : int or None
@@ -861,7 +869,8 @@ class Laplace:
             raise ValueError("subnetwork_indices: only used with subset='subnetwork'")
         self._sub_init = subnetwork_indices
         self.lossname = LIKELIHOODS[likelihood]
-        kinds = tuple(KFAC_KINDS) if structure == "kron" else ("exact", "mc", "empirical")
+        kinds = {"kron": tuple(KFAC_KINDS), "full": ("exact", "mc", "empirical", "hessian")}.get(
+            structure, ("exact", "mc", "empirical"))
         self.kind = _choice(kind, kinds, f"kind (structure={structure!r})")
         if isinstance(mc_samples, bool) or not isinstance(mc_samples, (int, np.integer)) or mc_samples < 1:
             raise ValueError(f"mc_samples: expected a positive int, got {mc_samples!r}")
@@ -1208,7 +1217,9 @@ class Laplace:
             Z = self._inputs(X)
             bseed = next(seeds) if seeds is not None else 0
             if self.structure == "full":
-                if model.n_layers == 1 and self._sub is None:  # a linear model: Kronecker-sum GGN
+                if self.kind == "hessian":
+                    Hb = self._dense_hessian(Z, y)
+                elif model.n_layers == 1 and self._sub is None:  # a linear model: Kronecker-sum GGN
                     Hb = _la.ggn_linear(Z, self._output_lam(Z, y, bseed))
                 elif self.kind == "exact" and self._sub is None:
                     Hb = ggn(model, Z, y, lossname)
@@ -1249,7 +1260,7 @@ class Laplace:
             n_total, loss_total = n_before + n_all, loss_before + loss_all
             H, h, A, G, gmat_factors = _add_scaled_sums(prev_sums, (H, h, A, G, gmat_factors), weight)
         if self.structure == "full":
-            post = _FullPosterior(H, self._offsets)
+            post = _FullPosterior(H, self._offsets, psd=self.kind != "hessian")
         elif self.structure == "diag":
             post = _DiagPosterior(h, self._offsets)
         elif self.structure == "kron":
@@ -1286,6 +1297,21 @@ class Laplace:
             return output_curvature(self._model, Z, self.lossname).hessian
         U = self._output_stack(Z, y, seed)
         return np.matmul(U, U.transpose(0, 2, 1))
+
+    def _dense_hessian(self, Z, y):
+        """The exact Hessian of the summed loss over Z; for a subnetwork its S x S
+        block, from Hessian-vector products with the subnetwork's unit vectors in
+        column chunks of about _J_CHUNK_BYTES (never the D x D matrix)."""
+        if self._sub is None:
+            return hessian(self._model, Z, y, self.lossname)
+        D, S = self._model.num_params, self._sub.size
+        cols = max(1, _J_CHUNK_BYTES // (D * self.dtype.itemsize))
+        H = np.empty((S, S), dtype=self.dtype)
+        for j in range(0, S, cols):
+            E = np.zeros((D, min(cols, S - j)), dtype=self.dtype)
+            E[self._sub[j:j + cols], np.arange(E.shape[1])] = 1
+            H[:, j:j + E.shape[1]] = hvp(self._model, Z, y, self.lossname, E)[self._sub]
+        return H
 
     def _dense_ggn(self, Z, y, seed):
         """sum_n J_n^T Lambda_n J_n over Z from Jacobians (the subnetwork's columns,
