@@ -119,6 +119,34 @@ int pk_kron_eig_apply(pk_dtype_t dtype, int64_t out, int64_t in, const void *wG,
     }
 }
 
+int pk_kron_basis_apply(pk_dtype_t dtype, int64_t out, int64_t in, const void *QG, const void *QA,
+                        const void *F, int64_t m, const void *V, void *R)
+{
+    int rc = check_layer(out, in, m);
+    if (rc != PK_OK) return rc;
+    if (!QG || !QA || !F || (m > 0 && (!V || !R))) return PK_ERR_BAD_ARG;
+    switch (dtype) {
+    case PK_FLOAT64: return basis_apply_d(out, in, QG, QA, F, m, V, R);
+    case PK_FLOAT32: return basis_apply_f(out, in, QG, QA, F, m, V, R);
+    default: return PK_ERR_DTYPE;
+    }
+}
+
+int pk_ekfac_scales(pk_dtype_t dtype, int64_t out, int64_t in, int64_t n, int64_t r, const void *QG,
+                    const void *QA, const void *U, const void *A, void *S)
+{
+    int rc = check_layer(out, in, n);
+    if (rc != PK_OK) return rc;
+    if (r < 1) return PK_ERR_SHAPE;
+    if (!pk_fits_blasint(r) || !pk_fits_blasint(n * r) || !pk_fits_blasint(n * (in + 1))) return PK_ERR_TOO_LARGE;
+    if (!QG || !QA || !S || (n > 0 && (!U || !A))) return PK_ERR_BAD_ARG;
+    switch (dtype) {
+    case PK_FLOAT64: return ekfac_scales_d(out, in, n, r, QG, QA, U, A, S);
+    case PK_FLOAT32: return ekfac_scales_f(out, in, n, r, QG, QA, U, A, S);
+    default: return PK_ERR_DTYPE;
+    }
+}
+
 int pk_kron_logdet(pk_dtype_t dtype, int64_t out, int64_t in, const void *wG, const void *wA,
                    double scale, double damping, pk_damp_t mode, double pi, double *logdet)
 {

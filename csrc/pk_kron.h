@@ -65,6 +65,19 @@ int pk_kron_eig_apply(pk_dtype_t dtype, int64_t out, int64_t in, const void *wG,
                       pk_damp_t mode, double pi, double power, int64_t m, const void *V,
                       void *R) PK_MUST_CHECK;
 
+/* R (p x m) = (QG (x) QA) diag(vec F) (QG (x) QA)^T V, theta order, for any F
+ * (out x q, row-major): e.g. EKFAC's eigenvalues raised to a power by the caller.
+ * Four GEMMs for all m columns. */
+int pk_kron_basis_apply(pk_dtype_t dtype, int64_t out, int64_t in, const void *QG, const void *QA,
+                        const void *F, int64_t m, const void *V, void *R) PK_MUST_CHECK;
+
+/* S (out x q) = sum_n sum_c (QG^T u_nc)^2 ((QA^T abar_n)^2)^T with abar_n = [a_n; 1]:
+ * the diagonal of sum_n sum_c (u_nc u_nc^T) (x) (abar_n abar_n^T) in the basis
+ * QG (x) QA (EKFAC's eigenvalue correction, George et al. 2018). U (n x r x out):
+ * r output-gradient columns per sample; A (n x in) the layer inputs. */
+int pk_ekfac_scales(pk_dtype_t dtype, int64_t out, int64_t in, int64_t n, int64_t r, const void *QG,
+                    const void *QA, const void *U, const void *A, void *S) PK_MUST_CHECK;
+
 /* *logdet = sum_ij log(damped eigenvalue_ij). PK_ERR_SINGULAR if one is <= 0. */
 int pk_kron_logdet(pk_dtype_t dtype, int64_t out, int64_t in, const void *wG, const void *wA,
                    double scale, double damping, pk_damp_t mode, double pi,

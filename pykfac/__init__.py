@@ -32,9 +32,10 @@ from .curvature import (
     diag_estimate,
     vjp,
 )
-from .kfac import kfac
-from .kron import KronCurvature
+from .kfac import ekfac, kfac
+from .kron import EKFACCurvature, KronCurvature
 from .laplace import Laplace
+from .spectrum import spectral_density
 from .mlp import ACTIVATIONS, MLP, Layer
 from . import metrics, optim
 from .train import train
@@ -44,6 +45,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ACTIVATIONS",
+    "EKFACCurvature",
     "GGNOperator",
     "HessianOperator",
     "KronCurvature",
@@ -53,6 +55,7 @@ __all__ = [
     "MLP",
     "OutputCurvature",
     "diag_ggn",
+    "ekfac",
     "empirical_fisher_diag",
     "ggn",
     "ggn_matvec",
@@ -73,6 +76,7 @@ __all__ = [
     "output_curvature",
     "residual_matvec",
     "set_num_threads",
+    "spectral_density",
     "show_config",
     "trace_estimate",
     "diag_estimate",

@@ -128,6 +128,49 @@ static PyObject *py_kron_eig_apply(PyObject *self, PyObject *args, PyObject *kwd
     return pk_call_return(&c, rc, "kron_eig_apply", R);
 }
 
+static PyObject *py_kron_basis_apply(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"QG", "QA", "F", "V", NULL};
+    PyObject *QGo, *QAo, *Fo, *Vo;
+    pk_call_t c;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOO:kron_basis_apply", kwlist, &QGo, &QAo, &Fo, &Vo))
+        return NULL;
+    npy_intp out = -1, q = -1, m = 1;
+    PyArrayObject *QG = pk_call_first_square(&c, QGo, "QG", PK_DTYPE_EXACT, &out), *QA, *F, *V, *R;
+    if (!QG || !(QA = pk_call_square(&c, QAo, "QA", &q)) || check_q(q, "QA")) return pk_call_fail(&c);
+    npy_intp fs[2] = {out, q};
+    if (!(F = pk_call_input(&c, Fo, "F", 2, fs)) || !(V = arg_rhs(&c, Vo, "V", out * q, &m)) ||
+        !(R = pk_call_output(&c, PyArray_NDIM(V), PyArray_DIMS(V))))
+        return pk_call_fail(&c);
+    int rc;
+    PK_RUN_NOGIL(rc, pk_kron_basis_apply(c.dtype, out, q - 1, PyArray_DATA(QG), PyArray_DATA(QA), PyArray_DATA(F), m,
+                                         PyArray_DATA(V), PyArray_DATA(R)));
+    return pk_call_return(&c, rc, "kron_basis_apply", R);
+}
+
+static PyObject *py_ekfac_scales(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"QG", "QA", "U", "A", NULL};
+    PyObject *QGo, *QAo, *Uo, *Ao;
+    pk_call_t c;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOO:ekfac_scales", kwlist, &QGo, &QAo, &Uo, &Ao)) return NULL;
+    npy_intp out = -1, q = -1;
+    PyArrayObject *QG = pk_call_first_square(&c, QGo, "QG", PK_DTYPE_EXACT, &out), *QA, *U, *A, *S;
+    if (!QG || !(QA = pk_call_square(&c, QAo, "QA", &q)) || check_q(q, "QA")) return pk_call_fail(&c);
+    npy_intp us[3] = {-1, -1, out};
+    if (!(U = pk_call_input(&c, Uo, "U", 3, us))) return pk_call_fail(&c);
+    npy_intp as[2] = {PyArray_DIM(U, 0), q - 1}, ss[2] = {out, q};
+    if (!(A = pk_call_input(&c, Ao, "A", 2, as)) || !(S = pk_call_output(&c, 2, ss))) return pk_call_fail(&c);
+    if (PyArray_DIM(U, 1) < 1) {
+        PyErr_SetString(PyExc_ValueError, "U: expected at least one column per sample (shape (n, r, out), r >= 1)");
+        return pk_call_fail(&c);
+    }
+    int rc;
+    PK_RUN_NOGIL(rc, pk_ekfac_scales(c.dtype, out, q - 1, PyArray_DIM(U, 0), PyArray_DIM(U, 1), PyArray_DATA(QG),
+                                     PyArray_DATA(QA), PyArray_DATA(U), PyArray_DATA(A), PyArray_DATA(S)));
+    return pk_call_return(&c, rc, "ekfac_scales", S);
+}
+
 static PyObject *py_kron_logdet(PyObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"wG", "wA", "scale", "damping", "factored", "pi", NULL};
@@ -202,6 +245,12 @@ PyMethodDef pk_kron_methods[] = {
     PK_KW_METHOD("kron_matvec", py_kron_matvec,
                  "kron_matvec(G, A, V) -> R\n\nR = (G (x) A) V for one layer, G (out, out), A (q, q), "
                  "V (p,) or (p, m), p = out * q, in theta order (W row-major, then b)."),
+    PK_KW_METHOD("kron_basis_apply", py_kron_basis_apply,
+                 "kron_basis_apply(QG, QA, F, V) -> R\n\nR = (QG (x) QA) diag(vec F) (QG (x) QA)^T V in theta "
+                 "order, F (out, in + 1)."),
+    PK_KW_METHOD("ekfac_scales", py_ekfac_scales,
+                 "ekfac_scales(QG, QA, U, A) -> S (out, in + 1)\n\nS = sum_n sum_c (QG^T u_nc)^2 "
+                 "((QA^T [a_n; 1])^2)^T for U (n, r, out), A (n, in): EKFAC's eigenvalues."),
     PK_KW_METHOD("kron_eig_apply", py_kron_eig_apply,
                  "kron_eig_apply(wG, QG, wA, QA, V, *, scale=1.0, damping=0.0, factored=False, pi=1.0, "
                  "power=-1.0) -> R\n\nR = (damped G (x) A)^power V from the eigendecompositions of G and A; "

@@ -1,0 +1,149 @@
+"""EKFAC (pk.ekfac, pk.EKFACCurvature) against dense references: each block is the
+curvature block's diagonal in the K-FAC eigenbasis (George et al. 2018), written out here
+with np.kron and the theta-order permutation; its algebra against dense NumPy.
+"""
+import numpy as np
+import pytest
+
+import pykfac as pk
+
+
+def make(loss="ce", N=30, seed=0, activation="tanh", dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    K = 1 if loss == "bce" else 3
+    net = pk.MLP([3, 5, 4, K], activation=activation, seed=seed, dtype=dtype)
+    net.theta = rng.normal(size=net.num_params) / 2
+    X = rng.normal(size=(N, 3))
+    if loss == "mse":
+        y = rng.normal(size=(N, K))
+    elif loss == "ce":
+        y = rng.integers(0, K, size=N)
+    else:
+        y = rng.integers(0, 2, size=N).astype(float)
+    return net, X, y
+
+
+def theta_basis(QG, QA):
+    """The eigenbasis QG (x) QA of a layer block, rows permuted from Wbar order
+    (out x (in + 1), row-major) to theta order (W.ravel() then b)."""
+    out, q = QG.shape[0], QA.shape[0]
+    perm = np.empty(out * q, dtype=int)  # theta index -> Wbar index
+    for i in range(out):
+        perm[i * (q - 1):(i + 1) * (q - 1)] = i * q + np.arange(q - 1)
+        perm[out * (q - 1) + i] = i * q + q - 1
+    return np.kron(QG, QA)[perm]
+
+
+def blocks(E):
+    return [slice(E._offsets[l], E._offsets[l + 1]) for l in range(E.num_layers)]
+
+
+@pytest.mark.parametrize("loss", ["mse", "ce", "bce"])
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_block_is_the_ggn_diagonal_in_the_kfac_basis(loss, activation):
+    net, X, y = make(loss, activation=activation)
+    E = pk.ekfac(net, (X, y), loss)
+    K = pk.kfac(net, (X, y), loss)
+    G, dense, kdense = pk.ggn(net, X, y, loss), E.to_dense(), K.to_dense()
+    for l, b in enumerate(blocks(E)):
+        wG, QG, wA, QA = K.eigh()[l]
+        Q = theta_basis(QG, QA)
+        expected = Q @ np.diag(np.diag(Q.T @ G[b, b] @ Q)) @ Q.T
+        np.testing.assert_allclose(dense[b, b], expected, rtol=1e-10, atol=1e-12)
+        # closest to the GGN among matrices with K-FAC's eigenvectors
+        assert np.linalg.norm(G[b, b] - dense[b, b]) <= np.linalg.norm(G[b, b] - kdense[b, b]) + 1e-12
+    off = np.ones_like(dense, dtype=bool)
+    for b in blocks(E):
+        off[b, b] = False
+    assert not dense[off].any()
+
+
+def test_empirical_block_is_the_empirical_fisher_diagonal():
+    net, X, y = make("ce")
+    E = pk.ekfac(net, (X, y), "ce", kind="empirical")
+    K = pk.kfac(net, (X, y), "ce", kind="empirical")
+    g = pk.grad_per_sample(net, X, y, "ce")
+    F = g.T @ g
+    for l, b in enumerate(blocks(E)):
+        _, QG, _, QA = K.eigh()[l]
+        Q = theta_basis(QG, QA)
+        np.testing.assert_allclose(E.to_dense()[b, b], Q @ np.diag(np.diag(Q.T @ F[b, b] @ Q)) @ Q.T,
+                                   rtol=1e-10, atol=1e-12)
+
+
+def test_one_datum_is_kfac_and_batches_add_up():
+    net, X, y = make("ce")
+    one = pk.ekfac(net, (X[:1], y[:1]), "ce")
+    np.testing.assert_allclose(one.to_dense(), pk.kfac(net, (X[:1], y[:1]), "ce").to_dense(), atol=1e-12)
+    whole = pk.ekfac(net, (X, y), "ce")
+    split = pk.ekfac(net, [(X[:7], y[:7]), (X[7:], y[7:])], "ce")
+    for a, b in zip(whole.scales, split.scales):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_float32_agrees_with_float64():
+    net, X, y = make("ce")
+    net32 = pk.MLP.from_params([(L.W.astype(np.float32), L.b.astype(np.float32)) for L in net.layers],
+                               activation="tanh")
+    E64, E32 = pk.ekfac(net, (X, y), "ce"), pk.ekfac(net32, (X.astype(np.float32), y), "ce")
+    assert E32.dtype == np.float32
+    np.testing.assert_allclose(E32.to_dense(), E64.to_dense(), rtol=1e-3, atol=2e-4)
+
+
+def test_algebra_against_dense():
+    net, X, y = make("mse")
+    E = pk.ekfac(net, (X, y), "mse")
+    B = E.to_dense()
+    D = E.num_params
+    rng = np.random.default_rng(1)
+    V = rng.normal(size=(D, 4))
+    np.testing.assert_allclose(E.matvec(V), B @ V, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(E @ V[:, 0], B @ V[:, 0], rtol=1e-10, atol=1e-12)
+    damps = [0.3, 0.7, 1.1]
+    shift = np.repeat(damps, np.diff(E._offsets))
+    Bd = B + np.diag(shift)
+    np.testing.assert_allclose(E.solve(V, damps), np.linalg.solve(Bd, V), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(E.solve(V, 0.5), np.linalg.solve(B + 0.5 * np.eye(D), V), rtol=1e-9)
+    half = E.apply_power(V, -0.5, damping=damps)
+    np.testing.assert_allclose(E.apply_power(half, -0.5, damping=damps), np.linalg.solve(Bd, V), rtol=1e-9,
+                               atol=1e-12)
+    assert E.logdet(damps) == pytest.approx(np.linalg.slogdet(Bd)[1], rel=1e-10)
+    np.testing.assert_allclose(E.eigvals(), np.linalg.eigvalsh(B), atol=1e-10)
+    assert E.trace() == pytest.approx(np.trace(B), rel=1e-12)
+    assert E.frobenius_norm() == pytest.approx(np.linalg.norm(B), rel=1e-12)
+    op = E.as_linear_operator(damping=damps, inverse=True)
+    np.testing.assert_allclose(op.matvec(V[:, 1]), np.linalg.solve(Bd, V[:, 1]), rtol=1e-9)
+    S = E.scaled(2.5)
+    assert isinstance(S, pk.EKFACCurvature)
+    np.testing.assert_allclose(S.to_dense(), 2.5 * B, rtol=1e-12, atol=1e-14)
+
+
+def test_mc_is_seeded():
+    net, X, y = make("ce")
+    a = pk.ekfac(net, (X, y), "ce", kind="mc", mc_samples=2, seed=5)
+    b = pk.ekfac(net, (X, y), "ce", kind="mc", mc_samples=2, seed=5)
+    c = pk.ekfac(net, (X, y), "ce", kind="mc", mc_samples=2, seed=6)
+    assert all(np.array_equal(s, t) for s, t in zip(a.scales, b.scales))
+    assert not all(np.array_equal(s, t) for s, t in zip(a.scales, c.scales))
+
+
+def test_errors():
+    net, X, y = make("ce")
+    with pytest.raises(TypeError, match="data: ekfac reads the data twice"):
+        pk.ekfac(net, ((X, y) for _ in range(1)), "ce")
+    with pytest.raises(ValueError, match="kind"):
+        pk.ekfac(net, (X, y), "ce", kind="kfra")
+    E = pk.ekfac(net, (X, y), "ce")
+    with pytest.raises(ValueError, match="factored"):
+        E.solve(np.ones(E.num_params), 1.0, factored=True)
+    with pytest.raises(ValueError, match="V: expected shape"):
+        E.matvec(np.ones(3))
+    # an input that is always 0 leaves a zero eigenvalue: singular without damping
+    X0 = X.copy()
+    X0[:, 1] = 0
+    E0 = pk.ekfac(net, (X0, y), "ce")
+    with pytest.raises(pk.LinAlgError, match="layer 0 is singular"):
+        E0.solve(np.ones(E0.num_params), 0.0)
+    with pytest.raises(pk.LinAlgError, match="layer 0 is singular"):
+        E0.logdet(0.0)
+    E0.solve(np.ones(E0.num_params), 1e-3)  # fine with damping
