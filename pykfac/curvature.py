@@ -306,22 +306,52 @@ def trace_estimate(A, num_matvecs, method="hutch++", seed=None):
       on :math:`(I-QQ^\top)A(I-QQ^\top)`. Unbiased; for PSD A the error falls like
       :math:`1/m` instead of :math:`1/\sqrt m`, and it is exact when
       :math:`\mathrm{rank}(A) \le m/3` (a GGN of rank N K, say). Needs ``num_matvecs >= 3``.
+    * ``"xtrace"`` (Epperly, Tropp & Webber 2024; curvlinops' ``xtrace``): every
+      one of :math:`k = m/2` sign vectors :math:`\omega_i` serves both as a sketch
+      and as a test vector: with :math:`P_i` the projector onto
+      :math:`\mathrm{range}(A\Omega_{-i})`, the estimate is the mean over i of
+      :math:`\mathrm{tr}(P_iAP_i) + \omega_i^\top(I-P_i)A(I-P_i)\omega_i`
+      (each unbiased, as :math:`P_i` does not depend on :math:`\omega_i`). The
+      second half of the products is :math:`A Q`, from which every term follows
+      in :math:`O(Dk^2 + k^4)`. Exact when :math:`\mathrm{rank}(A) < m/2`. Needs
+      ``num_matvecs >= 4`` (rounded down to even).
 
     Returns a float.
     """
-    if method not in ("hutchinson", "hutch++"):
-        raise ValueError(f"method: expected 'hutchinson' or 'hutch++', got {method!r}")
-    D, m = _probe_operator(A, num_matvecs, 3 if method == "hutch++" else 1)
+    if method not in ("hutchinson", "hutch++", "xtrace"):
+        raise ValueError(f"method: expected 'hutchinson', 'hutch++' or 'xtrace', got {method!r}")
+    D, m = _probe_operator(A, num_matvecs, {"hutchinson": 1, "hutch++": 3, "xtrace": 4}[method])
     seed = resolve_seed(seed)
     if method == "hutchinson":
         Z = _rademacher(D, m, seed)
         return float(np.einsum("ij,ij->", Z, _apply(A, Z)) / m)
+    if method == "xtrace":
+        return _xtrace(A, D, m // 2, seed)
     k = m // 3
     S = _rademacher(D, 2 * k, seed)
     Q = np.linalg.qr(_apply(A, S[:, :k]))[0]
     G = S[:, k:]
     G = G - Q @ (Q.T @ G)
     return float(np.einsum("ij,ij->", Q, _apply(A, Q)) + np.einsum("ij,ij->", G, _apply(A, G)) / k)
+
+
+def _xtrace(A, D, k, seed):
+    """XTrace with k sign vectors and 2k products (see trace_estimate)."""
+    Om = _rademacher(D, k, seed)
+    Y = _apply(A, Om)
+    Q, R = np.linalg.qr(Y)
+    QtAQ = Q.T @ _apply(A, Q)
+    QtAQ = (QtAQ + QtAQ.T) / 2  # A is symmetric
+    QtOm, QtY = Q.T @ Om, Q.T @ Y
+    total = 0.0
+    for i in range(k):
+        # range(A Omega_{-i}) = range(Q R_{-i}): an orthonormal basis Q U_i
+        U = np.linalg.qr(np.delete(R, i, axis=1))[0]
+        c, d = U.T @ QtOm[:, i], U.T @ QtY[:, i]  # coordinates of P_i omega_i and P_i A omega_i
+        B = U.T @ QtAQ @ U
+        # omega^T (I-P) A (I-P) omega = w^T A w - 2 (P w)^T A w + (P w)^T A (P w)
+        total += np.trace(B) + Om[:, i] @ Y[:, i] - 2 * c @ d + c @ B @ c
+    return float(total / k)
 
 
 def diag_estimate(A, num_matvecs, seed=None):
