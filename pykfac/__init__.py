@@ -10,6 +10,8 @@ import numpy as _np
 from . import _core, linalg
 from ._core import LinAlgError
 from .curvature import (
+    EFOperator,
+    FisherMCOperator,
     GGNOperator,
     HessianOperator,
     OutputCurvature,
@@ -45,7 +47,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ACTIVATIONS",
+    "EFOperator",
     "EKFACCurvature",
+    "FisherMCOperator",
     "GGNOperator",
     "HessianOperator",
     "KronCurvature",

@@ -38,6 +38,8 @@ __all__ = [
     "empirical_fisher_diag",
     "output_curvature",
     "OutputCurvature",
+    "EFOperator",
+    "FisherMCOperator",
     "GGNOperator",
     "HessianOperator",
 ]
@@ -264,6 +266,59 @@ class HessianOperator(_CurvatureOperator):
     """The exact Hessian as a symmetric ``LinearOperator`` (products via ``hvp``)."""
 
     _which = _HESSIAN
+
+
+class _OutputStackOperator(LinearOperator):
+    """:math:`\\sum_n J_n^\\top U_n U_n^\\top J_n` with the per-datum output columns
+    :math:`U_n` of the C core's output stack, applied as a forward J V pass, a
+    product with :math:`U_n U_n^\\top` and a reverse pass: memory O(N K (M + m)),
+    no Jacobian, and the columns are drawn once, so the operator is fixed."""
+
+    _kind = None
+
+    def __init__(self, net, X, y, loss, mc_samples, seed):
+        self.net = _net(net)
+        _core.loss_grad(self.net, X, y, loss, False)  # errors at construction, not in eigsh
+        self.X = X
+        self.U = _core.output_stack(self.net, self._kind, X, y, loss, mc_samples, resolve_seed(seed))
+        D = self.net.num_params
+        super().__init__(dtype=self.net.dtype, shape=(D, D))
+
+    def _matmat(self, V):
+        JV = _core.jvp(self.net, self.X, np.asarray(V))
+        return _core.vjp(self.net, self.X, np.matmul(self.U, np.matmul(self.U.transpose(0, 2, 1), JV)))
+
+    def _matvec(self, v):
+        return self._matmat(np.asarray(v).reshape(-1, 1))[:, 0]
+
+    def _adjoint(self):
+        return self  # symmetric
+
+
+class FisherMCOperator(_OutputStackOperator):
+    """The Monte Carlo Fisher :math:`\\frac1S\\sum_n\\sum_s g_{ns} g_{ns}^\\top` as a
+    symmetric PSD ``LinearOperator`` (curvlinops' ``FisherMCLinearOperator``):
+    :math:`g_{ns}` the gradient at a target drawn from the model's predictive,
+    ``mc_samples`` per datum, drawn ONCE at construction (seeded), so repeated
+    products agree. Its expectation is the GGN."""
+
+    _kind = _MC
+
+    def __init__(self, net, X, y, loss, mc_samples=1, seed=None):
+        mc = _mc_samples(mc_samples)
+        if mc < 1:
+            raise ValueError(f"mc_samples: expected >= 1, got {mc}")
+        super().__init__(net, X, y, loss, mc, seed)
+
+
+class EFOperator(_OutputStackOperator):
+    """The empirical Fisher :math:`\\sum_n \\nabla\\ell_n \\nabla\\ell_n^\\top` (true labels)
+    as a symmetric PSD ``LinearOperator`` (curvlinops' ``EFLinearOperator``)."""
+
+    _kind = _EMPIRICAL
+
+    def __init__(self, net, X, y, loss):
+        super().__init__(net, X, y, loss, 1, 0)
 
 
 # ---------------------------------------------------------------------------

@@ -422,6 +422,41 @@ def test_bce_accepts_pm1_labels(make_problem):
     assert pk.loss(net, X, 1.0 - y01, "bce") != pytest.approx(pk.loss(net, X, y01, "bce"))
 
 
+# ---------------------------------------------------------------- Fisher operators
+@pytest.mark.parametrize("loss", ["mse", "ce", "bce"])
+def test_fisher_operators(loss):
+    """EFOperator is sum_n g_n g_n^T from pk.grad_per_sample; FisherMCOperator is fixed per
+    seed, symmetric PSD, sum_n J_n^T u u^T J_n for its drawn gradients u, and averages to
+    the GGN over seeds (elementwise within 5 standard errors)."""
+    rng = np.random.default_rng(3)
+    K = 1 if loss == "bce" else 3
+    net = pk.MLP([3, 5, K], activation="tanh", seed=1)
+    X = rng.normal(size=(15, 3))
+    y = {"mse": rng.normal(size=(15, K)), "ce": rng.integers(0, K, 15),
+         "bce": rng.integers(0, 2, 15).astype(float)}[loss]
+    D = net.num_params
+    I = np.eye(D)
+    g = pk.grad_per_sample(net, X, y, loss)
+    np.testing.assert_allclose(pk.EFOperator(net, X, y, loss) @ I, g.T @ g, rtol=1e-10, atol=1e-12)
+    op = pk.FisherMCOperator(net, X, y, loss, mc_samples=2, seed=4)
+    F = op @ I
+    np.testing.assert_array_equal(F, op @ I)
+    np.testing.assert_array_equal(F, pk.FisherMCOperator(net, X, y, loss, mc_samples=2, seed=4) @ I)
+    np.testing.assert_allclose(F, F.T, rtol=1e-10, atol=1e-12)
+    assert np.linalg.eigvalsh(F).min() > -1e-10
+    J = pk.jacobian(net, X)
+    U = op.U                                            # (N, K, 2): the drawn gradients / sqrt(2)
+    np.testing.assert_allclose(F, np.einsum("nkd,nkj,nlj,nle->de", J, U, U, J), rtol=1e-10, atol=1e-12)
+    draws = np.array([pk.FisherMCOperator(net, X, y, loss, seed=s) @ I for s in range(300)])
+    se = draws.std(0) / np.sqrt(300)
+    G = pk.ggn(net, X, y, loss)
+    assert np.all(np.abs(draws.mean(0) - G) <= 5 * se + 1e-10)
+    with pytest.raises(ValueError, match="mc_samples"):
+        pk.FisherMCOperator(net, X, y, loss, mc_samples=0)
+    with pytest.raises(ValueError, match="X"):
+        pk.EFOperator(net, X[:, :2], y, loss)
+
+
 # ---------------------------------------------------------------- stochastic trace / diagonal
 def test_xtrace():
     """XTrace: exact when rank(A) < m/2 (each leave-one-out sketch still spans the
