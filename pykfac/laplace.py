@@ -39,14 +39,14 @@ from ._data import flag, iter_batches, resolve_seed, seed_stream
 from .curvature import ggn, hessian, hvp, jacobian, jvp, loss as _loss_value
 from .curvature import output_curvature
 from .kfac import KFAC_KINDS
-from .kron import KronCurvature
+from .kron import EKFACCurvature, KronCurvature
 from .mlp import MLP
 
 __all__ = ["Laplace", "LIKELIHOODS", "STRUCTURES"]
 
 #: likelihood -> pykfac loss
 LIKELIHOODS = {"regression": "mse", "classification": "ce", "binary": "bce"}
-STRUCTURES = ("full", "diag", "kron", "lowrank")
+STRUCTURES = ("full", "diag", "kron", "lowrank", "ekfac")
 SUBSETS = ("all", "last_layer", "subnetwork")
 PRED_TYPES = ("glm", "nn")
 LINK_APPROXES = ("probit", "mc", "bridge", "bridge_norm")
@@ -713,8 +713,95 @@ class _LowRankPosterior(_Posterior):
         return _la.woodbury_inverse(prior.diag, self._U(c))
 
 
+class _EKFACPosterior(_KronPosterior):
+    """P = c EKFAC + prior per layer: K-FAC's eigenbasis QG (x) QA with the eigenvalues
+    c S_l + delta_l (S_l the curvature's own diagonal in that basis). Every product
+    is a basis change with an explicit eigenvalue matrix (pk_kron_basis_apply)."""
+    structure = "ekfac"
+
+    def __init__(self, kron, offsets, eig=None):
+        super().__init__(kron, offsets, "exact", eig)
+        self._E = [S.astype(np.float64).ravel() for S in kron.scales]
+
+    def state(self):
+        st = super().state()
+        for l, S in enumerate(self.kron.scales):
+            st[f"S{l}"] = S
+        return st
+
+    @classmethod
+    def from_state(cls, st, offsets, meta):
+        L = len(offsets) - 1
+        K = EKFACCurvature([st[f"A{l}"] for l in range(L)], [st[f"G{l}"] for l in range(L)], meta["sizes"],
+                           [st[f"S{l}"] for l in range(L)], num_data=meta["n_data"], kind=meta["kind"])
+        eig = [(st[f"wG{l}"], st[f"QG{l}"], st[f"wA{l}"], st[f"QA{l}"]) for l in range(L)]
+        return cls(K, offsets, eig=eig)
+
+    def _F(self, l, c, d, power):
+        """(c S_l + d)^power as the (out, in + 1) matrix, in the posterior's dtype."""
+        den = c * self.kron.scales[l].astype(np.float64) + d
+        if not np.all(den > 0):
+            raise _core.LinAlgError(f"posterior precision of layer {l} is singular")
+        return (den ** power).astype(self.dtype)
+
+    def _apply(self, V, c, prior, power):
+        deltas = self._layers(prior)
+        V = self._rhs(V)
+        R = np.empty_like(V)
+        for l, (_, QG, _, QA) in enumerate(self.eig):
+            o, p = self.offsets[l], self.offsets[l + 1]
+            R[o:p] = _core.kron_basis_apply(QG, QA, self._F(l, c, deltas[l], power), V[o:p])
+        return R
+
+    def variance(self, c, prior):
+        out = np.empty(self.D)
+        for l, ((_, QG, _, QA), d) in enumerate(zip(self.eig, self._layers(prior))):
+            inv = self._F(l, c, d, -1.0).astype(np.float64)
+            Vbar = np.square(QG, dtype=np.float64) @ inv @ np.square(QA, dtype=np.float64).T
+            o, p = self.offsets[l], self.offsets[l + 1]
+            out[o:p] = np.concatenate([Vbar[:, :-1].ravel(), Vbar[:, -1]])
+        return out
+
+    def functional_variance(self, jac, c, prior):
+        """The Jacobian's layer factors rotated into the eigenbasis (G QG, Abar QA),
+        then the diagonal quadratic form with 1/(c S + delta) (pk.linalg.diag_inv_quad)."""
+        if not jac.has_factors:
+            return _Posterior.functional_variance(self, jac, c, prior)
+        fv = None
+        for l, ((_, QG, _, QA), (G, Abar), d) in enumerate(zip(self.eig, jac.factors(), self._layers(prior))):
+            part = _core.diag_inv_quad(self._F(l, c, d, -1.0), np.matmul(G, QG), np.matmul(Abar, QA))
+            fv = part if fv is None else fv + part
+        return fv
+
+    def sample(self, n, seed, c, prior, mean):
+        """Per layer (QG (x) QA) (c S + delta)^(-1/2) (QG (x) QA)^T z: the symmetric root
+        (four GEMMs per draw, where kron's matrix normal needs two)."""
+        deltas = self._layers(prior)
+        out = np.zeros((n, self.D), dtype=self.dtype) if mean is None else np.tile(mean, (n, 1))
+        for l, ((_, QG, _, QA), layer_seed) in enumerate(zip(self.eig, seed_stream(seed))):
+            o, p = self.offsets[l], self.offsets[l + 1]
+            Z = _core.standard_normal(p - o, n, self.dtype == np.float32, layer_seed)
+            out[:, o:p] += _core.kron_basis_apply(QG, QA, self._F(l, c, deltas[l], -0.5), Z).T
+        return out
+
+    def precision_dense(self, c, prior):
+        return self._block_dense(c, prior, 1.0)
+
+    def covariance_dense(self, c, prior):
+        return self._block_dense(c, prior, -1.0)
+
+    def _block_dense(self, c, prior, power):
+        B = np.zeros((self.D, self.D), dtype=self.dtype)
+        deltas = self._layers(prior)
+        for l, (_, QG, _, QA) in enumerate(self.eig):
+            o, p = self.offsets[l], self.offsets[l + 1]
+            B[o:p, o:p] = _core.kron_basis_apply(QG, QA, self._F(l, c, deltas[l], power),
+                                                 np.eye(p - o, dtype=self.dtype))
+        return B
+
+
 _POSTERIORS = {"full": _FullPosterior, "diag": _DiagPosterior, "kron": _KronPosterior,
-               "lowrank": _LowRankPosterior}
+               "lowrank": _LowRankPosterior, "ekfac": _EKFACPosterior}
 
 
 # ---------------------------------------------------------------------------
@@ -800,7 +887,10 @@ class Laplace:
     likelihood : {"regression", "classification", "binary"}
         Losses ``mse`` (labels (N, K) floats), ``ce`` (integer labels (N,)) and
         ``bce`` (one output, labels 0/1).
-    structure : {"full", "diag", "kron", "lowrank"}
+    structure : {"full", "diag", "kron", "lowrank", "ekfac"}
+        ``"ekfac"``: K-FAC's eigenbasis with the curvature's own diagonal in it
+        (George et al. 2018; :func:`pykfac.ekfac`), one more pass over the data
+        at fit; the prior is added to those eigenvalues exactly.
     subset : {"all", "last_layer", "subnetwork"}
         ``"last_layer"``: the posterior over the last layer only, with
         features ``net.features(X)`` and the exact GGN of that (linear) layer.
@@ -883,6 +973,8 @@ class Laplace:
             rank = int(rank)
         self.rank = rank
         self.kron_damping = _choice(kron_damping, ("exact", "factored"), "kron_damping")
+        if structure == "ekfac" and kron_damping != "exact":
+            raise ValueError("kron_damping: EKFAC's eigenvalues are not a Kronecker product; only 'exact'")
         if seed is not None:
             resolve_seed(seed)  # a bad seed fails here, not at fit and only for kind="mc"
         self.seed = seed
@@ -1010,8 +1102,8 @@ class Laplace:
         if kind is None and self._sub is not None and D == L > 1 and np.size(value) == D:
             kind = "param"  # a subnetwork with as many parameters as layers: its own parameters win
         prior = _Prior(value, self._offsets, kind)
-        if self.structure == "kron":
-            prior.layer_values()  # kron: scalar or per layer only (raises otherwise)
+        if self.structure in ("kron", "ekfac"):
+            prior.layer_values()  # Kronecker bases: scalar or per layer only (raises otherwise)
         return prior
 
     @property
@@ -1185,6 +1277,9 @@ class Laplace:
                 H = prev.H
             elif self.structure == "diag":
                 h = prev.h
+            elif self.structure == "ekfac":
+                raise ValueError("override: an EKFAC posterior's eigenbasis depends on all the data; "
+                                 "fit it again on all of it with override=True")
             elif self.structure == "kron":
                 A = [a * a.dtype.type(n_total) for a in prev.kron.A]
                 G = [g.copy() for g in prev.kron.G]
@@ -1201,6 +1296,8 @@ class Laplace:
         subset_indices, weight = None, 1.0
         if n_subset is None:
             batches = iter_batches(data, progress=progress, desc=f"laplace[{self.structure}]")
+            if self.structure == "ekfac":  # read twice: the eigenbasis needs all the data first
+                batches = list(batches)
         else:
             n_all, loss_all, X_sub, y_sub, subset_indices = self._subset_of_data(data, progress, n_subset)
             batches, weight = [(X_sub, y_sub)], n_all / n_subset
@@ -1210,6 +1307,7 @@ class Laplace:
             prev_sums = (H, h, A, G, gmat_factors)
             H = h = A = G = None
             gmat_factors = []
+        curvature_batches = batches
         for X, y in batches:
             n_batches += 1
             X = self._check_X(X)
@@ -1235,7 +1333,7 @@ class Laplace:
                     hb = hb[self._sub]
                 h = hb if h is None else h + hb
                 loss_total += lb
-            elif self.structure == "kron":
+            elif self.structure in ("kron", "ekfac"):
                 if A is None:
                     A = [np.zeros((i + 1, i + 1), dtype=self.dtype) for i in model.sizes[:-1]]
                     G = [np.zeros((o, o), dtype=self.dtype) for o in model.sizes[1:]]
@@ -1268,6 +1366,15 @@ class Laplace:
                 a /= n_total
             K = KronCurvature(A, G, model.sizes, num_data=n_total, kind=self.kind)
             post = _KronPosterior(K, self._offsets, self.kron_damping)
+        elif self.structure == "ekfac":
+            for a in A:
+                a /= n_total
+            K = KronCurvature(A, G, model.sizes, num_data=n_total, kind=self.kind)
+            scales = self._ekfac_scales(K.eigh(), curvature_batches, seeds)
+            E = EKFACCurvature(A, G, model.sizes, [S * S.dtype.type(weight) for S in scales], num_data=n_total,
+                               kind=self.kind)
+            E._eig = K._eig
+            post = _EKFACPosterior(E, self._offsets)
         else:
             if len(gmat_factors) == 1:
                 U, A = gmat_factors[0]
@@ -1285,6 +1392,23 @@ class Laplace:
         self.n_data = n_total
         self._prior_mean = self._check_prior_mean(self._prior_mean_init)
         return self
+
+    def _ekfac_scales(self, eig, batches, seeds):
+        """EKFAC's eigenvalues: the curvature's diagonal in the K-FAC bases, from a
+        second pass (output-gradient columns through the layer factors; MC draws
+        continue the seed stream)."""
+        model = self._model
+        scales = [np.zeros((o, i + 1), dtype=self.dtype) for i, o in zip(model.sizes[:-1], model.sizes[1:])]
+        for X, y in batches:
+            X = self._check_X(X)
+            y = self._labels(y, X.shape[0])
+            Z = self._inputs(X)
+            St = np.ascontiguousarray(self._output_stack(Z, y, next(seeds) if seeds is not None else 0)
+                                      .transpose(0, 2, 1))
+            Gs, As = _core.layer_jacobians(model, Z)
+            for l, (_, QG, _, QA) in enumerate(eig):
+                scales[l] += _core.ekfac_scales(QG, QA, np.matmul(St, Gs[l]), As[l])
+        return scales
 
     def _output_stack(self, Z, y, seed):
         """(N, K, M) columns U_n with U_n U_n^T the output curvature of self.kind
@@ -1455,8 +1579,8 @@ class Laplace:
         L, D = len(self._offsets) - 1, self._offsets[-1]
         structure = prior_structure or self._prior.kind
         _choice(structure, ("scalar", "layer", "param"), "prior_structure")
-        if self.structure == "kron" and structure == "param":
-            raise ValueError("prior_structure: structure='kron' supports 'scalar' or 'layer' priors")
+        if self.structure in ("kron", "ekfac") and structure == "param":
+            raise ValueError(f"prior_structure: structure={self.structure!r} supports 'scalar' or 'layer' priors")
         size = {"scalar": 1, "layer": L, "param": D}[structure]
         cur = self._prior.values
         if self._prior.kind == structure:
@@ -2045,6 +2169,8 @@ class Laplace:
                 spec.update({f"post_A{l}": ((q, q), dtype), f"post_G{l}": ((o, o), dtype),
                              f"post_wG{l}": ((o,), dtype), f"post_QG{l}": ((o, o), dtype),
                              f"post_wA{l}": ((q,), dtype), f"post_QA{l}": ((q, q), dtype)})
+                if structure == "ekfac":
+                    spec[f"post_S{l}"] = ((o, q), dtype)
         return spec, offsets
 
     def save(self, path):

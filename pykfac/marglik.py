@@ -90,8 +90,8 @@ def marglik_training(net, data, likelihood="classification", structure="kron", n
     _choice(likelihood, LIKELIHOODS, "likelihood")
     _choice(structure, STRUCTURES, "structure")
     _choice(prior_structure, ("scalar", "layer", "param"), "prior_structure")
-    if structure == "kron" and prior_structure == "param":
-        raise ValueError("prior_structure: structure='kron' supports 'scalar' or 'layer' priors")
+    if structure in ("kron", "ekfac") and prior_structure == "param":
+        raise ValueError(f"prior_structure: structure={structure!r} supports 'scalar' or 'layer' priors")
     _choice(optimizer, ("adam", "sgd"), "optimizer")
     bad = sorted(set(laplace_kwargs) & set(_RESERVED))
     if bad:

@@ -147,3 +147,93 @@ def test_errors():
     with pytest.raises(pk.LinAlgError, match="layer 0 is singular"):
         E0.logdet(0.0)
     E0.solve(np.ones(E0.num_params), 1e-3)  # fine with damping
+
+
+# ---------------------------------------------------------------- Laplace with EKFAC
+LIKE = {"regression": "mse", "classification": "ce", "binary": "bce"}
+
+
+def laplace_case(likelihood, subset):
+    net, X, y = make(LIKE[likelihood])
+    model, Z = net, X
+    if subset == "last_layer":
+        last = net.layers[-1]
+        model, Z = pk.MLP.from_params([(last.W, last.b)]), net.features(X)
+    return net, X, y, model, Z
+
+
+@pytest.mark.parametrize("likelihood", ["regression", "classification", "binary"])
+@pytest.mark.parametrize("subset", ["all", "last_layer"])
+def test_ekfac_laplace_against_dense(likelihood, subset):
+    net, X, y, model, Z = laplace_case(likelihood, subset)
+    sigma = 0.7 if likelihood == "regression" else 1.0
+    L = model.n_layers
+    prior = np.linspace(0.5, 2.0, L)
+    la = pk.Laplace(net, likelihood, "ekfac", subset, prior_precision=prior, sigma_noise=sigma).fit((X, y))
+    E = pk.ekfac(model, (Z, y), LIKE[likelihood])
+    d = np.repeat(prior, np.diff(E._offsets))
+    P = E.to_dense() / sigma ** 2 + np.diag(d)
+    C = np.linalg.inv(P)
+    np.testing.assert_allclose(la.posterior_precision_dense(), P, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(la.posterior_covariance_dense(), C, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(la.posterior_variance(), np.diag(C), rtol=1e-9)
+    Jm = pk.jacobian(model, Z[:5])
+    np.testing.assert_allclose(la.functional_variance(X[:5]), np.einsum("nkd,de,nle->nkl", Jm, C, Jm),
+                               rtol=1e-9, atol=1e-12)
+    # LML: CONVENTIONS.md with slogdet, and its gradient by central differences
+    theta = la.mean
+    loglik = la.log_likelihood()
+    lml = loglik - 0.5 * theta @ (d * theta) - 0.5 * np.linalg.slogdet(P)[1] + 0.5 * np.sum(np.log(d))
+    assert la.log_marginal_likelihood() == pytest.approx(lml, rel=1e-10)
+    g, _ = la.log_marginal_likelihood_grad()
+    h = 1e-5
+    for i in range(L):
+        up, dn = prior.copy(), prior.copy()
+        up[i] *= np.exp(h)
+        dn[i] *= np.exp(-h)
+        fd = (la.log_marginal_likelihood(prior_precision=up) - la.log_marginal_likelihood(prior_precision=dn)) / (2 * h)
+        assert g[i] == pytest.approx(fd, rel=1e-6, abs=1e-8)
+
+
+def test_ekfac_laplace_samples_save_subset(tmp_path):
+    net, X, y = make("ce")
+    la = pk.Laplace(net, "classification", "ekfac", prior_precision=1.5).fit((X, y))
+    C = la.posterior_covariance_dense()
+    S = la.sample(20000, seed=2)
+    np.testing.assert_array_equal(S, la.sample(20000, seed=2))
+    dev = S - la.mean
+    se = np.sqrt((np.diag(C)[:, None] * np.diag(C)[None] + C ** 2) / 20000)  # sd of a sample covariance
+    assert np.all(np.abs(np.cov(dev.T) - C) < 5 * se + 1e-12)
+    assert np.all(np.abs(dev.mean(0)) < 5 * np.sqrt(np.diag(C) / 20000))
+    la.save(tmp_path / "e.npz")
+    back = pk.Laplace.load(tmp_path / "e.npz")
+    assert back.structure == "ekfac"
+    assert back.log_marginal_likelihood() == la.log_marginal_likelihood()
+    np.testing.assert_array_equal(back.predictive(X[:4]), la.predictive(X[:4]))
+    np.testing.assert_array_equal(back.sample(3, seed=1), la.sample(3, seed=1))
+    # subset of data: the drawn rows' EKFAC times N / M
+    sod = pk.Laplace(net, "classification", "ekfac", prior_precision=1.5, seed=1).fit((X, y), n_subset=12)
+    idx = sod.subset_indices
+    E = pk.ekfac(net, (X[idx], y[idx]), "ce")
+    np.testing.assert_allclose(sod.posterior_precision_dense(),
+                               E.to_dense() * (len(X) / 12) + 1.5 * np.eye(net.num_params), rtol=1e-9, atol=1e-10)
+    # batches are read twice, so a generator works as well
+    gen = pk.Laplace(net, "classification", "ekfac", prior_precision=1.5).fit(((X[i:i + 10], y[i:i + 10])
+                                                                                for i in range(0, 30, 10)))
+    np.testing.assert_allclose(gen.posterior_precision_dense(), la.posterior_precision_dense(), rtol=1e-10)
+
+
+def test_ekfac_laplace_errors():
+    net, X, y = make("ce")
+    la = pk.Laplace(net, "classification", "ekfac").fit((X, y))
+    with pytest.raises(ValueError, match="override"):
+        la.fit((X, y), override=False)
+    with pytest.raises(ValueError, match="kron_damping"):
+        pk.Laplace(net, "classification", "ekfac", kron_damping="factored")
+    with pytest.raises(ValueError, match="prior"):
+        pk.Laplace(net, "classification", "ekfac", prior_precision=np.ones(net.num_params)).fit((X, y))
+    with pytest.raises(ValueError, match="kind"):
+        pk.Laplace(net, "classification", "ekfac", kind="kfra")
+    a = pk.Laplace(net, "classification", "ekfac", kind="mc", seed=3).fit((X, y))
+    b = pk.Laplace(net, "classification", "ekfac", kind="mc", seed=3).fit((X, y))
+    np.testing.assert_array_equal(a.posterior_precision_dense(), b.posterior_precision_dense())
