@@ -28,7 +28,11 @@ kfac_exact     ``[(A_l, G_l), ...]`` (``A_l`` may be the ``in x in`` block)
 kfac_mc        same as kfac_exact
 diag_ggn       ``(D,)``
 diag_mc        ``(D,)`` (one sampled target per datum)
+diag_hess      ``(D,)``
 =============  ==========================================================
+
+A peer whose problem would not fit in memory raises ``PeerSkipped`` from
+``make``: reported, not run, not a failure.
 """
 import copy
 import importlib.metadata as _md
@@ -44,7 +48,11 @@ except ImportError as _exc:  # pragma: no cover - depends on the machine
 else:
     _IMPORT_ERROR = ""
 
-__all__ = ["available", "versions", "Problem", "PEERS", "mc_agreement", "mse_ggn_matvec_check"]
+__all__ = ["available", "versions", "Problem", "PEERS", "PeerSkipped", "mc_agreement", "mse_ggn_matvec_check"]
+
+
+class PeerSkipped(Exception):
+    """A peer that is not run for this problem (the message says why)."""
 
 
 def available():
@@ -374,6 +382,48 @@ def backpack_diag_ggn_mc(P, mc_samples=1):
 
 
 # ---------------------------------------------------------------------------
+# diagonal of the Hessian
+def _mem_available():
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def backpack_diag_hessian(P):
+    from backpack import backpack
+    from backpack.extensions import DiagHessian
+
+    # BackPACK keeps per sample a (width x width) residual factor per hidden
+    # layer, and a few copies of it while it moves down: skip rather than be
+    # killed by the OOM killer (the whole benchmark would die with it).
+    item = P.X.element_size()
+    widths = [W.shape[0] for W in P.params[0::2]][:-1]
+    need = 4 * P.N * sum(w * w for w in widths) * item
+    avail = _mem_available()
+    if avail is not None and need > avail / 2:
+        raise PeerSkipped(f"BackPACK's residual factors need ~{need / 2**30:.1f} GiB, "
+                          f"{avail / 2**30:.1f} GiB available")
+    model, lossf = P.backpack_model()
+    X, y = P.X, P.y
+
+    def run():
+        loss = lossf(model(X), y)
+        with backpack(DiagHessian()):
+            loss.backward()
+        out = [p.diag_h for p in model.parameters()]
+        for p in model.parameters():
+            p.grad = None
+        return out
+
+    return run, lambda r: P.flat_np(r)
+
+
+# ---------------------------------------------------------------------------
 # registry: kernel -> [(peer name, required module, make)]
 PEERS = {
     "fwd_bwd": [("torch.autograd", "torch", torch_fwd_bwd)],
@@ -388,6 +438,7 @@ PEERS = {
                 ("backpack KFAC", "backpack", backpack_kfac_mc)],
     "diag_ggn": [("backpack DiagGGNExact", "backpack", backpack_diag_ggn)],
     "diag_mc": [("backpack DiagGGNMC", "backpack", backpack_diag_ggn_mc)],
+    "diag_hess": [("backpack DiagHessian", "backpack", backpack_diag_hessian)],
 }
 
 

@@ -27,6 +27,30 @@
 /* Directions processed together in tangent/R-op passes (columns of V). */
 #define PK_MAX_STACK ((int64_t)64)
 
+/* 1 if phi'' is not identically zero: only such activations add a residual
+ * term to the Hessian's diagonal (mlp_impl.inc, diag_hessian). */
+static int act_curved(pk_act_t a)
+{
+    return a != PK_ACT_IDENTITY && a != PK_ACT_RELU && a != PK_ACT_LEAKY_RELU;
+}
+
+/* For diag_hessian: the lowest hidden layer with a curved activation
+ * (n_layers - 1 if none), the height of the residual stack (the widths
+ * sizes[m+1] of curved hidden layers m >= 2) and the elements of W_m o W_m
+ * over curved hidden layers m >= 1. */
+static void diag_hessian_shape(const pk_mlp_t *net, int *lowest, int64_t *Mres, int64_t *nWW)
+{
+    *lowest = net->n_layers - 1;
+    *Mres = 0;
+    *nWW = 0;
+    for (int m = net->n_layers - 2; m >= 0; m--) {
+        if (!act_curved(net->acts[m])) continue;
+        *lowest = m;
+        if (m >= 2) *Mres += net->sizes[m + 1];
+        if (m >= 1) *nWW += net->sizes[m + 1] * net->sizes[m];
+    }
+}
+
 #define PK_REAL 64
 #include "mlp_impl.inc"
 #undef PK_REAL
@@ -209,6 +233,17 @@ int pk_ggn(const pk_mlp_t *net, pk_loss_t loss, int64_t n, const void *X, const 
     if (rc) return rc;
     if (!G) return PK_ERR_BAD_ARG;
     return DISPATCH(ggn_d(net, loss, n, X, y, G), ggn_f(net, loss, n, X, y, G));
+}
+
+int pk_diag_hessian(const pk_mlp_t *net, pk_loss_t loss, int64_t n, const void *X, const void *y, void *out,
+                    double *loss_out)
+{
+    int rc = check_common(net, n, X);
+    if (!rc) rc = check_loss(net, loss, n, y);
+    if (rc) return rc;
+    if (!out) return PK_ERR_BAD_ARG;
+    return DISPATCH(diag_hessian_d(net, loss, n, X, y, out, loss_out),
+                    diag_hessian_f(net, loss, n, X, y, out, loss_out));
 }
 
 static int check_fisher(pk_fisher_t kind, int mc_samples, pk_rng_t *rng, int allow_kfra)

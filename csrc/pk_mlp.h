@@ -110,6 +110,20 @@ int pk_hessian(const pk_mlp_t *net, pk_loss_t loss, int64_t n, const void *X, co
 int pk_ggn(const pk_mlp_t *net, pk_loss_t loss, int64_t n, const void *X, const void *y,
            void *G) PK_MUST_CHECK;
 
+/* out (D) += diagonal of the exact Hessian (BackPACK's DiagHessian), never
+ * forming H or J: the GGN diagonal (as pk_diag_curvature EXACT) plus the
+ * residual from the activations' second derivatives, both from per-sample
+ * pre-activation Hessian diagonals (mlp_impl.inc, diag_hessian). Equals the
+ * diagonal of pk_hessian. loss_out (may be NULL) += sum_n loss_n.
+ * Cost: pk_diag_curvature EXACT plus one gradient pass and one GEMM per hidden
+ * layer; with three or more hidden layers whose activation has phi'' != 0,
+ * hidden layer m >= 2 adds a stack of sizes[m+1] vectors per sample backpropagated
+ * through layers m-1 .. 1. Scratch: W o W of the hidden layers (< D) plus
+ * row chunks bounded independently of n.
+ * Errors: as pk_hessian (PK_ERR_LABEL, PK_ERR_LOSS, PK_ERR_EMPTY, PK_ERR_NOMEM). */
+int pk_diag_hessian(const pk_mlp_t *net, pk_loss_t loss, int64_t n, const void *X, const void *y,
+                    void *out, double *loss_out) PK_MUST_CHECK;
+
 /* out (D) += diagonal of the GGN (EXACT), of its Monte-Carlo estimate with
  * mc_samples sampled targets per datum (MC, averaged over samples), or of the
  * empirical Fisher sum_n grad_n grad_n^T (EMPIRICAL). rng is used by MC only.

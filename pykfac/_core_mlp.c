@@ -452,6 +452,43 @@ static PyObject *py_diag_curvature(PyObject *self, PyObject *args)
     return res ? Py_BuildValue("Nd", res, value) : NULL;
 }
 
+/* diag_hessian(net, X, y, loss) -> ((D,), summed loss) */
+static PyObject *py_diag_hessian(PyObject *self, PyObject *args)
+{
+    PyObject *net, *X, *y, *loss;
+    if (!PyArg_ParseTuple(args, "OOOO", &net, &X, &y, &loss)) return NULL;
+    pk_common_args a;
+    if (common_parse(net, X, y, loss, &a) < 0) return NULL;
+    npy_intp dims[1] = {(npy_intp)a.net.num_params};
+    pk_dims d = dims_of(&a.net, a.n);
+    /* mlp.c's diag_hessian_shape: the residual stack's height Mres and W o W's size */
+    int L = a.net.net.n_layers;
+    double Mres = 0, nWW = 0;
+    for (int m = 1; m < L - 1; m++) {
+        pk_act_t act = a.net.acts[m];
+        if (act == PK_ACT_IDENTITY || act == PK_ACT_RELU || act == PK_ACT_LEAKY_RELU) continue;
+        if (m >= 2) Mres += (double)a.net.sizes[m + 1];
+        nWW += (double)a.net.sizes[m + 1] * (double)a.net.sizes[m];
+    }
+    /* mlp_impl.inc, diag_hessian: its guard_row */
+    double guard_row = cache_row(&d, 1) + d.sum_out + 3 * d.maxw + 2 * d.K + d.sum_hidden +
+                       (2 * (d.K > Mres ? d.K : Mres) + 1) * d.maxw + Mres;
+    double scratch = chunk_elems(&d, guard_row) + nWW;
+    if (pk_check_memory(array_bytes(1, dims, a.net.typenum) + scratch * itemsize(a.net.typenum),
+                        "diag_hessian") < 0) {
+        common_release(&a);
+        return NULL;
+    }
+    PyArrayObject *out = (PyArrayObject *)PyArray_ZEROS(1, dims, a.net.typenum, 0);
+    int rc = PK_OK;
+    double value = 0;
+    if (out)
+        PK_RUN_NOGIL(rc, pk_diag_hessian(&a.net.net, a.loss, a.n, PyArray_DATA(a.X), PyArray_DATA(a.y),
+                                         PyArray_DATA(out), &value));
+    PyObject *res = finish(&a, out, rc);
+    return res ? Py_BuildValue("Nd", res, value) : NULL;
+}
+
 /* Check an accumulator list (pykfac-owned arrays created by pykfac.kfac;
  * checked all the same) and collect its data pointers. rows/cols[l] give the
  * expected shape of entry l. 0 or -1 with ValueError. */
@@ -612,6 +649,8 @@ PyMethodDef pk_mlp_methods[] = {
     {"ggn", py_ggn, METH_VARARGS, "ggn(net, X, y, loss) -> (D, D)"},
     {"diag_curvature", py_diag_curvature, METH_VARARGS,
      "diag_curvature(net, kind, X, y, loss, mc_samples, seed) -> ((D,), loss); kind 0 exact, 1 MC, 2 empirical"},
+    {"diag_hessian", py_diag_hessian, METH_VARARGS,
+     "diag_hessian(net, X, y, loss) -> ((D,), loss): diagonal of the exact Hessian"},
     {"kfac_factors", py_kfac_factors, METH_VARARGS,
      "kfac_factors(net, kind, X, y, loss, mc_samples, seed, A, G, A_cross, G_cross) -> loss: accumulate factors"},
     {"output_stack", py_output_stack, METH_VARARGS,

@@ -35,6 +35,7 @@ __all__ = [
     "ggn_matvec",
     "residual_matvec",
     "diag_ggn",
+    "diag_hessian",
     "empirical_fisher_diag",
     "output_curvature",
     "OutputCurvature",
@@ -205,6 +206,36 @@ def diag_ggn(net, X, y, loss, mc_samples=0, seed=None):
     mc = _mc_samples(mc_samples)
     kind = _MC if mc else _EXACT
     return _core.diag_curvature(_net(net), kind, X, y, loss, max(mc, 1), resolve_seed(seed))[0]
+
+
+def diag_hessian(net, X, y, loss):
+    r"""(D,) diagonal of the exact Hessian :math:`\nabla^2_\theta L` (GGN + residual term),
+    theta order, without forming H: ``np.diag(hessian(net, X, y, loss))``, like
+    BackPACK's ``DiagHessian`` (times N for its mean-reduced losses).
+
+    Per sample, the Hessian of the loss with respect to layer l's pre-activation
+    :math:`s_l` is backpropagated from :math:`\Lambda_n`,
+
+    .. math:: H_l = D'_l W_{l+1}^\top H_{l+1} W_{l+1} D'_l
+              + \mathrm{diag}\big(\phi''(s_l) \odot \partial\ell/\partial a_{l+1}\big),
+              \qquad D'_l = \mathrm{diag}(\phi'(s_l)),
+
+    and only its diagonal is needed: the W_l entries are
+    :math:`\sum_n \mathrm{diag}(H_{l,n}) \otimes (a_{l,n} \odot a_{l,n})` (row-major), the
+    b_l entries :math:`\sum_n \mathrm{diag}(H_{l,n})`. :math:`H_l` is kept factored (exact):
+    the GGN part as the square-root stack of :func:`diag_ggn`, the residual of each
+    hidden layer as signed rank-one terms.
+
+    Cost: :func:`diag_ggn` plus one gradient pass and one GEMM per hidden layer.
+    With three or more hidden layers whose activation has :math:`\phi'' \ne 0`,
+    each hidden layer from the third on adds a backward pass of (its width)
+    vectors per sample through the hidden layers below it (BackPACK does this
+    for every hidden layer). identity, relu and leaky_relu have
+    :math:`\phi'' = 0`: their residual vanishes and the result equals
+    :func:`diag_ggn` (a.e.). Memory: the (D,) result, :math:`W \odot W` of the
+    hidden layers (< D) and row chunks whose size does not grow with N.
+    """
+    return _core.diag_hessian(_net(net), X, y, loss)[0]
 
 
 def empirical_fisher_diag(net, X, y, loss):
