@@ -379,20 +379,28 @@ class _FullPosterior(_Posterior):
 class _DiagPosterior(_Posterior):
     structure = "diag"
 
-    def __init__(self, h, offsets):
+    def __init__(self, h, offsets, psd=True):
+        """psd=False (an exact Hessian diagonal): negative entries are real curvature,
+        not roundoff, so they are kept and a non-positive precision raises."""
         super().__init__(h.shape[0], h.dtype, offsets)
         self.h = h
-        self._h64 = np.maximum(h.astype(np.float64), 0.0)
+        self.psd = psd
+        self._h64 = np.maximum(h.astype(np.float64), 0.0) if psd else h.astype(np.float64)
 
     def state(self):
         return {"h": self.h}
 
     @classmethod
     def from_state(cls, st, offsets, meta):
-        return cls(st["h"], offsets)
+        return cls(st["h"], offsets, psd=meta.get("kind") != "hessian")
 
     def _p(self, c, prior):
-        return c * self._h64 + prior.diag
+        p = c * self._h64 + prior.diag
+        if not self.psd and not np.all(p > 0):
+            raise _core.LinAlgError(
+                f"posterior precision (kind='hessian'): the Hessian diagonal plus the prior is <= 0 at "
+                f"{int(np.sum(~(p > 0)))} of {p.size} parameters; raise the prior precision")
+        return p
 
     def precision_dense(self, c, prior):
         return np.diag(self._p(c, prior)).astype(self.dtype)
@@ -918,7 +926,7 @@ class Laplace:
         for every structure; ``"kfra"`` for ``"kron"`` only; ``"hessian"``
         (the exact Hessian of the loss, which may be indefinite away from a
         minimum: then P is not positive definite and its use raises
-        ``pk.LinAlgError``) for ``"full"``.
+        ``pk.LinAlgError``) for ``"full"`` and ``"diag"``.
     mc_samples : int
         Sampled targets per datum for ``kind="mc"``.
     rank : int or None
@@ -959,8 +967,8 @@ class Laplace:
             raise ValueError("subnetwork_indices: only used with subset='subnetwork'")
         self._sub_init = subnetwork_indices
         self.lossname = LIKELIHOODS[likelihood]
-        kinds = {"kron": tuple(KFAC_KINDS), "full": ("exact", "mc", "empirical", "hessian")}.get(
-            structure, ("exact", "mc", "empirical"))
+        kinds = {"kron": tuple(KFAC_KINDS), "full": ("exact", "mc", "empirical", "hessian"),
+                 "diag": ("exact", "mc", "empirical", "hessian")}.get(structure, ("exact", "mc", "empirical"))
         self.kind = _choice(kind, kinds, f"kind (structure={structure!r})")
         if isinstance(mc_samples, bool) or not isinstance(mc_samples, (int, np.integer)) or mc_samples < 1:
             raise ValueError(f"mc_samples: expected a positive int, got {mc_samples!r}")
@@ -1327,8 +1335,11 @@ class Laplace:
                 loss_total += _loss_value(model, Z, y, lossname)
             elif self.structure == "diag":
                 # the kernel returns the batch loss from its own forward pass
-                hb, lb = _core.diag_curvature(model, _DIAG_KINDS[self.kind], Z, y, lossname,
-                                              self.mc_samples, bseed)
+                if self.kind == "hessian":
+                    hb, lb = _core.diag_hessian(model, Z, y, lossname)
+                else:
+                    hb, lb = _core.diag_curvature(model, _DIAG_KINDS[self.kind], Z, y, lossname,
+                                                  self.mc_samples, bseed)
                 if self._sub is not None:
                     hb = hb[self._sub]
                 h = hb if h is None else h + hb
@@ -1360,7 +1371,7 @@ class Laplace:
         if self.structure == "full":
             post = _FullPosterior(H, self._offsets, psd=self.kind != "hessian")
         elif self.structure == "diag":
-            post = _DiagPosterior(h, self._offsets)
+            post = _DiagPosterior(h, self._offsets, psd=self.kind != "hessian")
         elif self.structure == "kron":
             for a in A:
                 a /= n_total

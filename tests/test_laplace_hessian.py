@@ -114,8 +114,40 @@ def test_hessian_posterior_save_load(tmp_path):
     assert back.log_marginal_likelihood() == la.log_marginal_likelihood()
 
 
-@pytest.mark.parametrize("structure", ["kron", "lowrank", "diag"])
-def test_hessian_kind_only_for_full(structure):
+@pytest.mark.parametrize("likelihood", ["regression", "classification", "binary"])
+def test_diag_hessian_posterior(likelihood, tmp_path):
+    """diag + kind='hessian': P = diag(H) + P0 from pk.diag_hessian (checked against
+    np.diag(pk.hessian) in test_diag_hessian), negative entries kept, not clipped."""
+    net, X, y = make(likelihood)
+    h = np.diag(pk.hessian(net, X, y, LIKE[likelihood]))
+    assert h.min() < 0  # the test needs negative curvature on the diagonal
+    sigma = 0.9 if likelihood == "regression" else 1.0
+    prior = -h.min() / sigma ** 2 + 0.3
+    la = pk.Laplace(net, likelihood, "diag", kind="hessian", prior_precision=prior, sigma_noise=sigma).fit((X, y))
+    p = h / sigma ** 2 + prior
+    np.testing.assert_allclose(np.diag(la.posterior_precision_dense()), p, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(la.posterior_variance(), 1 / p, rtol=1e-9)
+    D = net.num_params
+    expected = lml_formula(la, net, X, y, likelihood, np.diag(h), prior, sigma)
+    assert la.log_marginal_likelihood() == pytest.approx(expected, rel=1e-10)
+    la.save(tmp_path / "d.npz")
+    back = pk.Laplace.load(tmp_path / "d.npz")
+    assert back.log_marginal_likelihood() == la.log_marginal_likelihood()
+    with pytest.raises(pk.LinAlgError, match="kind='hessian'.*<= 0 at"):
+        la.log_marginal_likelihood(prior_precision=-h.min() / sigma ** 2 / 2)
+    weak = pk.Laplace(net, likelihood, "diag", kind="hessian", prior_precision=-h.min() / sigma ** 2 / 2,
+                      sigma_noise=sigma).fit((X, y))
+    for use in (lambda: weak.sample(2, seed=0), lambda: weak.predictive(X[:3]), weak.posterior_variance):
+        with pytest.raises(pk.LinAlgError, match="kind='hessian'"):
+            use()
+    idx = np.array([1, 4, 9, D - 2])
+    sub = pk.Laplace(net, likelihood, "diag", "subnetwork", kind="hessian", prior_precision=prior,
+                     sigma_noise=sigma, subnetwork_indices=idx).fit((X, y))
+    np.testing.assert_allclose(np.diag(sub.posterior_precision_dense()), p[idx], rtol=1e-10)
+
+
+@pytest.mark.parametrize("structure", ["kron", "lowrank", "ekfac"])
+def test_hessian_kind_only_for_full_and_diag(structure):
     net, X, y = make()
     with pytest.raises(ValueError, match="kind"):
         pk.Laplace(net, "classification", structure, kind="hessian")
