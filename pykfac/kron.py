@@ -34,6 +34,17 @@ __all__ = ["EKFACCurvature", "KronCurvature"]
 _POWERS = (1.0, -1.0, 0.5, -0.5)
 
 
+def _power(power):
+    """``power`` as a float in {1, -1, 0.5, -0.5} (TypeError / ValueError otherwise)."""
+    try:
+        power = float(power)
+    except (TypeError, ValueError):
+        raise TypeError(f"power: expected a number, got {power!r}") from None
+    if power not in _POWERS:
+        raise ValueError(f"power: expected 1, -1, 0.5 or -0.5, got {power:g}")
+    return power
+
+
 def _factor(M, name, n, dtype):
     """Validated, symmetrised, read-only private copy of a factor (n x n)."""
     arr = np.asarray(M)
@@ -319,12 +330,7 @@ class KronCurvature:
             If ``power < 0`` and a damped eigenvalue is 0 (a singular factor
             with ``damping = 0``).
         """
-        try:
-            power = float(power)
-        except (TypeError, ValueError):
-            raise TypeError(f"power: expected a number, got {power!r}") from None
-        if power not in _POWERS:
-            raise ValueError(f"power: expected 1, -1, 0.5 or -0.5, got {power:g}")
+        power = _power(power)
         damps = self._dampings(damping)
         pis = self.factored_pi() if factored else [1.0] * self.num_layers
         V2, ndim = self._rhs(V)  # validate V before the (cached, maybe costly) eigh
@@ -560,12 +566,7 @@ class EKFACCurvature(KronCurvature):
     def apply_power(self, V, power, damping=0.0, factored=False):
         """``(K + δ I)^power V`` for ``power`` in {1, -1, 0.5, -0.5} (see KronCurvature)."""
         self._no_factored(factored)
-        try:
-            power = float(power)
-        except (TypeError, ValueError):
-            raise TypeError(f"power: expected a number, got {power!r}") from None
-        if power not in _POWERS:
-            raise ValueError(f"power: expected 1, -1, 0.5 or -0.5, got {power:g}")
+        power = _power(power)
         damps = self._dampings(damping)
         V2, ndim = self._rhs(V)
         Fs = [self._damped(l, damps[l], power) for l in range(self.num_layers)]

@@ -6,21 +6,7 @@ import numpy as np
 import pytest
 
 import pykfac as pk
-
-
-def make(loss="ce", N=30, seed=0, activation="tanh", dtype=np.float64):
-    rng = np.random.default_rng(seed)
-    K = 1 if loss == "bce" else 3
-    net = pk.MLP([3, 5, 4, K], activation=activation, seed=seed, dtype=dtype)
-    net.theta = rng.normal(size=net.num_params) / 2
-    X = rng.normal(size=(N, 3))
-    if loss == "mse":
-        y = rng.normal(size=(N, K))
-    elif loss == "ce":
-        y = rng.integers(0, K, size=N)
-    else:
-        y = rng.integers(0, 2, size=N).astype(float)
-    return net, X, y
+from problems import small_problem
 
 
 def theta_basis(QG, QA):
@@ -41,7 +27,7 @@ def blocks(E):
 @pytest.mark.parametrize("loss", ["mse", "ce", "bce"])
 @pytest.mark.parametrize("activation", ["tanh", "relu"])
 def test_block_is_the_ggn_diagonal_in_the_kfac_basis(loss, activation):
-    net, X, y = make(loss, activation=activation)
+    net, X, y = small_problem(loss, activation=activation)
     E = pk.ekfac(net, (X, y), loss)
     K = pk.kfac(net, (X, y), loss)
     G, dense, kdense = pk.ggn(net, X, y, loss), E.to_dense(), K.to_dense()
@@ -59,7 +45,7 @@ def test_block_is_the_ggn_diagonal_in_the_kfac_basis(loss, activation):
 
 
 def test_empirical_block_is_the_empirical_fisher_diagonal():
-    net, X, y = make("ce")
+    net, X, y = small_problem("ce")
     E = pk.ekfac(net, (X, y), "ce", kind="empirical")
     K = pk.kfac(net, (X, y), "ce", kind="empirical")
     g = pk.grad_per_sample(net, X, y, "ce")
@@ -72,7 +58,7 @@ def test_empirical_block_is_the_empirical_fisher_diagonal():
 
 
 def test_one_datum_is_kfac_and_batches_add_up():
-    net, X, y = make("ce")
+    net, X, y = small_problem("ce")
     one = pk.ekfac(net, (X[:1], y[:1]), "ce")
     np.testing.assert_allclose(one.to_dense(), pk.kfac(net, (X[:1], y[:1]), "ce").to_dense(), atol=1e-12)
     whole = pk.ekfac(net, (X, y), "ce")
@@ -82,7 +68,7 @@ def test_one_datum_is_kfac_and_batches_add_up():
 
 
 def test_float32_agrees_with_float64():
-    net, X, y = make("ce")
+    net, X, y = small_problem("ce")
     net32 = pk.MLP.from_params([(L.W.astype(np.float32), L.b.astype(np.float32)) for L in net.layers],
                                activation="tanh")
     E64, E32 = pk.ekfac(net, (X, y), "ce"), pk.ekfac(net32, (X.astype(np.float32), y), "ce")
@@ -91,7 +77,7 @@ def test_float32_agrees_with_float64():
 
 
 def test_algebra_against_dense():
-    net, X, y = make("mse")
+    net, X, y = small_problem("mse")
     E = pk.ekfac(net, (X, y), "mse")
     B = E.to_dense()
     D = E.num_params
@@ -119,7 +105,7 @@ def test_algebra_against_dense():
 
 
 def test_mc_is_seeded():
-    net, X, y = make("ce")
+    net, X, y = small_problem("ce")
     a = pk.ekfac(net, (X, y), "ce", kind="mc", mc_samples=2, seed=5)
     b = pk.ekfac(net, (X, y), "ce", kind="mc", mc_samples=2, seed=5)
     c = pk.ekfac(net, (X, y), "ce", kind="mc", mc_samples=2, seed=6)
@@ -128,7 +114,7 @@ def test_mc_is_seeded():
 
 
 def test_errors():
-    net, X, y = make("ce")
+    net, X, y = small_problem("ce")
     with pytest.raises(TypeError, match="data: ekfac reads the data twice"):
         pk.ekfac(net, ((X, y) for _ in range(1)), "ce")
     with pytest.raises(ValueError, match="kind"):
@@ -154,7 +140,7 @@ LIKE = {"regression": "mse", "classification": "ce", "binary": "bce"}
 
 
 def laplace_case(likelihood, subset):
-    net, X, y = make(LIKE[likelihood])
+    net, X, y = small_problem(LIKE[likelihood])
     model, Z = net, X
     if subset == "last_layer":
         last = net.layers[-1]
@@ -196,7 +182,7 @@ def test_ekfac_laplace_against_dense(likelihood, subset):
 
 
 def test_ekfac_laplace_samples_save_subset(tmp_path):
-    net, X, y = make("ce")
+    net, X, y = small_problem("ce")
     la = pk.Laplace(net, "classification", "ekfac", prior_precision=1.5).fit((X, y))
     C = la.posterior_covariance_dense()
     S = la.sample(20000, seed=2)
@@ -224,7 +210,7 @@ def test_ekfac_laplace_samples_save_subset(tmp_path):
 
 
 def test_ekfac_laplace_errors():
-    net, X, y = make("ce")
+    net, X, y = small_problem("ce")
     la = pk.Laplace(net, "classification", "ekfac").fit((X, y))
     with pytest.raises(ValueError, match="override"):
         la.fit((X, y), override=False)

@@ -7,24 +7,14 @@ import numpy as np
 import pytest
 
 import pykfac as pk
+from problems import small_problem
 
 LIKE = {"regression": "mse", "classification": "ce", "binary": "bce"}
 CASES = [(s, sub) for s in ("full", "diag", "kron", "lowrank") for sub in ("all", "last_layer")]
 
 
 def make(likelihood="classification", N=30, seed=0):
-    rng = np.random.default_rng(seed)
-    K = 1 if likelihood == "binary" else 3
-    net = pk.MLP([3, 5, 4, K], activation="tanh", seed=seed)
-    net.theta = rng.normal(size=net.num_params) / 2
-    X = rng.normal(size=(N, 3))
-    if likelihood == "regression":
-        y = rng.normal(size=(N, K))
-    elif likelihood == "classification":
-        y = rng.integers(0, K, size=N)
-    else:
-        y = rng.integers(0, 2, size=N).astype(float)
-    return net, X, y
+    return small_problem(LIKE[likelihood], N, seed)
 
 
 def laplace(net, likelihood, structure, subset, **kw):
