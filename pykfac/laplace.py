@@ -513,15 +513,19 @@ class _KronPosterior(_Posterior):
     def matvec(self, V, c, prior):
         return self._apply(V, c, prior, 1.0)
 
+    def _inverse_eigenvalues(self, l, c, d):
+        """Layer l's (out, in + 1) matrix of 1 / (damped eigenvalue), float64."""
+        g, a = self._w[l]
+        if self.factored:
+            s = math.sqrt(d)
+            return np.outer(1.0 / (c * g + s), 1.0 / (a + s))
+        return 1.0 / (c * np.outer(g, a) + d)
+
     def variance(self, c, prior):
         """Per layer, Var[Wbar] = (QG o QG) diag-inverse (QA o QA)^T: two GEMMs."""
         out = np.empty(self.D)
-        for l, ((g, a), (wG, QG, wA, QA), d) in enumerate(zip(self._w, self.eig, self._layers(prior))):
-            if self.factored:
-                s = math.sqrt(d)
-                inv = np.outer(1.0 / (c * g + s), 1.0 / (a + s))
-            else:
-                inv = 1.0 / (c * np.outer(g, a) + d)
+        for l, ((wG, QG, wA, QA), d) in enumerate(zip(self.eig, self._layers(prior))):
+            inv = self._inverse_eigenvalues(l, c, d)
             QG2, QA2 = np.square(QG, dtype=np.float64), np.square(QA, dtype=np.float64)
             Vbar = QG2 @ inv @ QA2.T  # (out, in + 1): [W b]
             o, p = self.offsets[l], self.offsets[l + 1]
@@ -761,14 +765,8 @@ class _EKFACPosterior(_KronPosterior):
             R[o:p] = _core.kron_basis_apply(QG, QA, self._F(l, c, deltas[l], power), V[o:p])
         return R
 
-    def variance(self, c, prior):
-        out = np.empty(self.D)
-        for l, ((_, QG, _, QA), d) in enumerate(zip(self.eig, self._layers(prior))):
-            inv = self._F(l, c, d, -1.0).astype(np.float64)
-            Vbar = np.square(QG, dtype=np.float64) @ inv @ np.square(QA, dtype=np.float64).T
-            o, p = self.offsets[l], self.offsets[l + 1]
-            out[o:p] = np.concatenate([Vbar[:, :-1].ravel(), Vbar[:, -1]])
-        return out
+    def _inverse_eigenvalues(self, l, c, d):
+        return self._F(l, c, d, -1.0).astype(np.float64)
 
     def functional_variance(self, jac, c, prior):
         """The Jacobian's layer factors rotated into the eigenbasis (G QG, Abar QA),
