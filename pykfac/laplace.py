@@ -1313,7 +1313,6 @@ class Laplace:
             prev_sums = (H, h, A, G, gmat_factors)
             H = h = A = G = None
             gmat_factors = []
-        curvature_batches = batches
         for X, y in batches:
             n_batches += 1
             X = self._check_X(X)
@@ -1379,7 +1378,7 @@ class Laplace:
             for a in A:
                 a /= n_total
             K = KronCurvature(A, G, model.sizes, num_data=n_total, kind=self.kind)
-            scales = self._ekfac_scales(K.eigh(), curvature_batches, seeds)
+            scales = self._ekfac_scales(K.eigh(), batches, seeds)
             E = EKFACCurvature(A, G, model.sizes, [S * S.dtype.type(weight) for S in scales], num_data=n_total,
                                kind=self.kind)
             E._eig = K._eig
