@@ -72,15 +72,9 @@ static void *run_range(void *arg)
 void pk_parallel_for(int64_t ntasks, int64_t grain, void (*fn)(void *ctx, int64_t begin, int64_t end),
                      void *ctx)
 {
-    pk_parallel_for_n(pk_blas_num_threads(), ntasks, grain, fn, ctx);
-}
-
-void pk_parallel_for_n(int64_t nthreads, int64_t ntasks, int64_t grain,
-                       void (*fn)(void *ctx, int64_t begin, int64_t end), void *ctx)
-{
     if (ntasks <= 0) return;
     if (grain < 1) grain = 1;
-    int64_t nt = nthreads;
+    int64_t nt = pk_blas_num_threads();
     if (nt > PK_MAX_THREADS) nt = PK_MAX_THREADS;
     if (nt > ntasks / grain) nt = ntasks / grain;
     if (nt <= 1) {

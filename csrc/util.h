@@ -22,9 +22,4 @@ void pk_symmetrize(size_t elem, int64_t n, void *A, int64_t lda);
 void pk_parallel_for(int64_t ntasks, int64_t grain, void (*fn)(void *ctx, int64_t begin, int64_t end),
                      void *ctx);
 
-/* pk_parallel_for on up to nthreads threads, whatever the BLAS has (for loops
- * whose bodies call the BLAS and so run it single-threaded meanwhile). */
-void pk_parallel_for_n(int64_t nthreads, int64_t ntasks, int64_t grain,
-                       void (*fn)(void *ctx, int64_t begin, int64_t end), void *ctx);
-
 #endif

@@ -610,27 +610,6 @@ def test_core_normals_do_not_depend_on_the_thread_count(float32):
 
 
 @pytest.mark.parametrize("float32", [False, True])
-def test_kron_draws_do_not_depend_on_the_thread_count(float32):
-    """Kronecker draws run whole chunks of draws per thread, each with a serial BLAS
-    (a 300 x 201 layer: three chunks of 17 draws for 40 draws; the 3 x 301 layer one
-    chunk); each chunk has its own key, so the values depend on the seed only, bit for
-    bit, and the BLAS thread count is restored afterwards."""
-    rng = np.random.default_rng(0)
-    dt = np.float32 if float32 else np.float64
-    net = pk.MLP([200, 300, 3], seed=0, dtype=dt)
-    X, y = rng.normal(size=(40, 200)).astype(dt), rng.integers(0, 3, 40)
-    la = pk.Laplace(net, "classification", "kron").fit((X, y))
-    with pk.set_num_threads(1):
-        one = la.sample(40, seed=5)
-    with pk.set_num_threads(2):
-        two = la.sample(40, seed=5)
-        assert _core.blas_info()["num_threads"] == 2
-    np.testing.assert_array_equal(one, two)
-    # the chunks are independent streams: no two draws repeat
-    assert np.unique(one[:, 0]).size == 40
-
-
-@pytest.mark.parametrize("float32", [False, True])
 def test_core_normals_affine_form_is_mean_plus_scale_times_the_same_draws(float32):
     dt = np.float32 if float32 else np.float64
     rng = np.random.default_rng(0)
