@@ -29,6 +29,7 @@ kfac_mc        same as kfac_exact
 diag_ggn       ``(D,)``
 diag_mc        ``(D,)`` (one sampled target per datum)
 diag_hess      ``(D,)``
+ekfac          ``(D, 3)``: the operator times ``ekfac_probe`` vectors
 =============  ==========================================================
 
 A peer whose problem would not fit in memory raises ``PeerSkipped`` from
@@ -306,6 +307,30 @@ def curvlinops_kfac_mc(P, mc_samples=1, seed=2147483647):
     return _curvlinops_kfac(P, "mc", mc_samples=mc_samples, seed=seed)
 
 
+def ekfac_probe(D, dtype):
+    """The fixed (D, 3) vectors an EKFAC row is compared on (both sides use them)."""
+    return np.random.default_rng(12345).standard_normal((D, 3)).astype(dtype)
+
+
+def curvlinops_ekfac(P):
+    from curvlinops import EKFACLinearOperator
+
+    def run():
+        # a fresh operator each call: eigenbases and corrected eigenvalues from scratch
+        op = EKFACLinearOperator(
+            P.model, P.loss_fn(), P.params, [(P.X, P.y)], check_deterministic=False,
+            fisher_type="type-2", separate_weight_and_bias=False, num_data=P.N, num_per_example_loss_terms=1)
+        op.compute_kronecker_factors()
+        op.compute_eigenvalue_correction()
+        return op
+
+    def convert(op):
+        V = ekfac_probe(P.D, P.X.numpy().dtype)
+        return (op @ torch.from_numpy(V)).numpy()
+
+    return run, convert
+
+
 def _backpack_kron(P, ext_factory, attr):
     from backpack import backpack
 
@@ -439,6 +464,7 @@ PEERS = {
     "diag_ggn": [("backpack DiagGGNExact", "backpack", backpack_diag_ggn)],
     "diag_mc": [("backpack DiagGGNMC", "backpack", backpack_diag_ggn_mc)],
     "diag_hess": [("backpack DiagHessian", "backpack", backpack_diag_hessian)],
+    "ekfac": [("curvlinops EKFAC type-2", "curvlinops", curvlinops_ekfac)],
 }
 
 
