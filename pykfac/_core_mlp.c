@@ -120,6 +120,19 @@ static PyArrayObject *new_output(int nd, npy_intp *dims, int typenum, const pk_c
 }
 
 /* Release the arguments; return `out`, or NULL with the exception for rc. */
+/* A zeroed output of the net's dtype once the memory guard allows it plus
+ * `scratch` elements of working memory; NULL with the exception set and `a`
+ * released otherwise. */
+static PyArrayObject *guarded_zeros(pk_common_args *a, int ndim, npy_intp *dims, double scratch,
+                                    const char *name)
+{
+    PyArrayObject *out = NULL;
+    if (pk_check_memory(array_bytes(ndim, dims, a->net.typenum) + scratch * itemsize(a->net.typenum), name) == 0)
+        out = (PyArrayObject *)PyArray_ZEROS(ndim, dims, a->net.typenum, 0);
+    if (!out) common_release(a);
+    return out;
+}
+
 static PyObject *finish(pk_common_args *a, PyArrayObject *out, int rc)
 {
     common_release(a);
@@ -437,17 +450,13 @@ static PyObject *py_diag_curvature(PyObject *self, PyObject *args)
     pk_dims d = dims_of(&a.net, a.n);
     double M = kind == PK_FISHER_EXACT ? d.K : kind == PK_FISHER_MC ? (double)mc_samples : 1;
     double scratch = chunk_elems(&d, cache_row(&d, 0) + 2 * M * d.maxw + 2 * d.maxw + d.K);
-    if (pk_check_memory(array_bytes(1, dims, a.net.typenum) + scratch * itemsize(a.net.typenum),
-                     kind == PK_FISHER_EMPIRICAL ? "empirical_fisher_diag" : "diag_ggn") < 0) {
-        common_release(&a);
-        return NULL;
-    }
-    PyArrayObject *out = (PyArrayObject *)PyArray_ZEROS(1, dims, a.net.typenum, 0);
+    PyArrayObject *out = guarded_zeros(&a, 1, dims, scratch,
+                                       kind == PK_FISHER_EMPIRICAL ? "empirical_fisher_diag" : "diag_ggn");
+    if (!out) return NULL;
     int rc = PK_OK;
     double value = 0;
-    if (out)
-        PK_RUN_NOGIL(rc, pk_diag_curvature(&a.net.net, (pk_fisher_t)kind, a.loss, a.n, PyArray_DATA(a.X),
-                                    PyArray_DATA(a.y), mc_samples, &rng, PyArray_DATA(out), &value));
+    PK_RUN_NOGIL(rc, pk_diag_curvature(&a.net.net, (pk_fisher_t)kind, a.loss, a.n, PyArray_DATA(a.X),
+                                       PyArray_DATA(a.y), mc_samples, &rng, PyArray_DATA(out), &value));
     PyObject *res = finish(&a, out, rc);
     return res ? Py_BuildValue("Nd", res, value) : NULL;
 }
@@ -474,17 +483,12 @@ static PyObject *py_diag_hessian(PyObject *self, PyObject *args)
     double guard_row = cache_row(&d, 1) + d.sum_out + 3 * d.maxw + 2 * d.K + d.sum_hidden +
                        (2 * (d.K > Mres ? d.K : Mres) + 1) * d.maxw + Mres;
     double scratch = chunk_elems(&d, guard_row) + nWW;
-    if (pk_check_memory(array_bytes(1, dims, a.net.typenum) + scratch * itemsize(a.net.typenum),
-                        "diag_hessian") < 0) {
-        common_release(&a);
-        return NULL;
-    }
-    PyArrayObject *out = (PyArrayObject *)PyArray_ZEROS(1, dims, a.net.typenum, 0);
+    PyArrayObject *out = guarded_zeros(&a, 1, dims, scratch, "diag_hessian");
+    if (!out) return NULL;
     int rc = PK_OK;
     double value = 0;
-    if (out)
-        PK_RUN_NOGIL(rc, pk_diag_hessian(&a.net.net, a.loss, a.n, PyArray_DATA(a.X), PyArray_DATA(a.y),
-                                         PyArray_DATA(out), &value));
+    PK_RUN_NOGIL(rc, pk_diag_hessian(&a.net.net, a.loss, a.n, PyArray_DATA(a.X), PyArray_DATA(a.y),
+                                     PyArray_DATA(out), &value));
     PyObject *res = finish(&a, out, rc);
     return res ? Py_BuildValue("Nd", res, value) : NULL;
 }

@@ -498,14 +498,19 @@ class _KronPosterior(_Posterior):
         deltas = self._layers(prior)
         V = self._rhs(V)
         R = np.empty_like(V)
-        for l, (wG, QG, wA, QA) in enumerate(self.eig):
+        for l in range(len(self.eig)):
             o, p = self.offsets[l], self.offsets[l + 1]
-            try:
-                R[o:p] = _core.kron_eig_apply(wG, QG, wA, QA, V[o:p], scale=c, damping=deltas[l],
-                                              factored=self.factored, pi=1.0, power=power)
-            except _core.LinAlgError:
-                raise _core.LinAlgError(f"posterior precision of layer {l} is singular") from None
+            R[o:p] = self._layer_apply(l, V[o:p], c, deltas[l], power)
         return R
+
+    def _layer_apply(self, l, V, c, d, power):
+        """Layer l's block of P^power times V (its theta-ordered rows)."""
+        wG, QG, wA, QA = self.eig[l]
+        try:
+            return _core.kron_eig_apply(wG, QG, wA, QA, V, scale=c, damping=d, factored=self.factored, pi=1.0,
+                                        power=power)
+        except _core.LinAlgError:
+            raise _core.LinAlgError(f"posterior precision of layer {l} is singular") from None
 
     def solve(self, V, c, prior):
         return self._apply(V, c, prior, -1.0)
@@ -756,14 +761,9 @@ class _EKFACPosterior(_KronPosterior):
             raise _core.LinAlgError(f"posterior precision of layer {l} is singular")
         return (den ** power).astype(self.dtype)
 
-    def _apply(self, V, c, prior, power):
-        deltas = self._layers(prior)
-        V = self._rhs(V)
-        R = np.empty_like(V)
-        for l, (_, QG, _, QA) in enumerate(self.eig):
-            o, p = self.offsets[l], self.offsets[l + 1]
-            R[o:p] = _core.kron_basis_apply(QG, QA, self._F(l, c, deltas[l], power), V[o:p])
-        return R
+    def _layer_apply(self, l, V, c, d, power):
+        _, QG, _, QA = self.eig[l]
+        return _core.kron_basis_apply(QG, QA, self._F(l, c, d, power), V)
 
     def _inverse_eigenvalues(self, l, c, d):
         return self._F(l, c, d, -1.0).astype(np.float64)
