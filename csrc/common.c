@@ -233,11 +233,15 @@ static void fast64(int64_t len, const uint64_t *w, double *z, unsigned char *slo
     }
 }
 
-static void fast32_portable(int64_t len, const uint32_t *w, float *z, unsigned char *slow)
+/* candidate t of the float32 draws: the low word of w64[t / 2] for even t, the high for odd */
+static inline uint32_t word32(const uint64_t *w64, int64_t t) { return (uint32_t)(w64[t >> 1] >> (32 * (t & 1))); }
+
+static void fast32_portable(int64_t len, const uint64_t *w64, float *z, unsigned char *slow)
 {
     for (int64_t t = 0; t < len; t++) {
-        const int i = (int)(w[t] & 255);
-        const int32_t j = (int32_t)w[t] >> 8;
+        const uint32_t w = word32(w64, t);
+        const int i = (int)(w & 255);
+        const int32_t j = (int32_t)w >> 8;
         z[t] = (float)j * zig32_w[i];
         slow[t] = (uint32_t)(j < 0 ? -j : j) >= zig32_k[i];
     }
@@ -280,12 +284,13 @@ __attribute__((target("avx2"))) static void block_words_avx2(uint64_t (*st)[LANE
 static uint64_t zig32_wk[256];
 static uint64_t mask_bytes[256]; /* byte k of mask_bytes[m] is bit k of m */
 
-__attribute__((target("avx2"))) static void fast32_avx2(int64_t len, const uint32_t *w, float *z,
+/* x86 is little-endian, so the 32-bit lanes of a vector load of w64 are word32's order */
+__attribute__((target("avx2"))) static void fast32_avx2(int64_t len, const uint64_t *w64, float *z,
                                                         unsigned char *slow)
 {
     const __m256i mask = _mm256_set1_epi32(255), evens_odds = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
     for (int64_t t = 0; t < len; t += 8) {
-        const __m256i v = _mm256_loadu_si256((const __m256i *)(w + t));
+        const __m256i v = _mm256_loadu_si256((const __m256i *)(w64 + t / 2));
         const __m256i i = _mm256_and_si256(v, mask), j = _mm256_srai_epi32(v, 8);
         const long long *tab = (const long long *)zig32_wk;
         const __m256i lo = _mm256_i32gather_epi64(tab, _mm256_castsi256_si128(i), 8);
@@ -337,15 +342,15 @@ static void pick_fast_path(void)
 }
 
 /* the float32 fast path, on AVX2 where the CPU has it */
-static void fast32(int64_t len, const uint32_t *w, float *z, unsigned char *slow)
+static void fast32(int64_t len, const uint64_t *w64, float *z, unsigned char *slow)
 {
 #ifdef HAVE_AVX2_PATH
     if (use_avx2) {
-        fast32_avx2(len, w, z, slow);
+        fast32_avx2(len, w64, z, slow);
         return;
     }
 #endif
-    fast32_portable(len, w, z, slow);
+    fast32_portable(len, w64, z, slow);
 }
 
 /* The next candidate at or after *at with slow[t] set (-1 when none), eight
@@ -393,17 +398,16 @@ static void normal_block64(uint64_t key, int64_t b, int64_t len, double *z)
 static void normal_block32(uint64_t key, int64_t b, int64_t len, float *z)
 {
     uint64_t w64[NORMAL_BLOCK / 2];
-    uint32_t w[NORMAL_BLOCK];
     unsigned char slow[NORMAL_BLOCK];
     const int64_t len8 = (len + 7) & ~(int64_t)7;
     block_words(key, b, len8 / 2, w64);
-    for (int64_t t = 0; t < len8 / 2; t++) w[2 * t] = (uint32_t)w64[t], w[2 * t + 1] = (uint32_t)(w64[t] >> 32);
-    fast32(len8, w, z, slow);
+    fast32(len8, w64, z, slow);
     pk_rng_t fb;
     pk_rng_seed(&fb, block_seed(key, b, LANES));
     int64_t t;
     for (int64_t at = 0; (t = next_slow(slow, len8, &at)) >= 0;) {
-        const float v = zig32_slow(&fb, (int)(w[t] & 255), (int32_t)w[t] >> 8);
+        const uint32_t w = word32(w64, t);
+        const float v = zig32_slow(&fb, (int)(w & 255), (int32_t)w >> 8);
         if (v == v) z[t] = v;
         else zig32_fill(&fb, 1, &z[t]); /* rejected: a whole new draw */
     }
