@@ -14,6 +14,7 @@ from .curvature import (
     FisherMCOperator,
     GGNOperator,
     HessianOperator,
+    JacobianOperator,
     OutputCurvature,
     diag_ggn,
     diag_hessian,
@@ -33,6 +34,7 @@ from .curvature import (
     residual_matvec,
     trace_estimate,
     diag_estimate,
+    squared_frobenius_estimate,
     vjp,
 )
 from .kfac import ekfac, kfac
@@ -53,6 +55,7 @@ __all__ = [
     "FisherMCOperator",
     "GGNOperator",
     "HessianOperator",
+    "JacobianOperator",
     "KronCurvature",
     "Layer",
     "Laplace",
@@ -86,6 +89,7 @@ __all__ = [
     "show_config",
     "trace_estimate",
     "diag_estimate",
+    "squared_frobenius_estimate",
     "train",
     "vjp",
 ]

@@ -26,6 +26,7 @@ __all__ = [
     "grad_per_sample",
     "trace_estimate",
     "diag_estimate",
+    "squared_frobenius_estimate",
     "jacobian",
     "jvp",
     "vjp",
@@ -43,6 +44,7 @@ __all__ = [
     "FisherMCOperator",
     "GGNOperator",
     "HessianOperator",
+    "JacobianOperator",
 ]
 
 _GGN, _HESSIAN, _RESIDUAL = 0, 1, 2
@@ -352,6 +354,33 @@ class EFOperator(_OutputStackOperator):
         super().__init__(net, X, y, loss, 1, 0)
 
 
+
+class JacobianOperator(LinearOperator):
+    """The Jacobian of the outputs as an (N K, D) ``LinearOperator`` (curvlinops'
+    ``JacobianLinearOperator``; ``.T`` is its ``TransposedJacobianLinearOperator``):
+    ``J @ V`` by forward mode (``jvp``), ``J.T @ U`` by reverse mode (``vjp``),
+    rows in (n, k) order as ``pk.jacobian(net, X).reshape(N * K, D)``, J never
+    formed. Uses the network's CURRENT parameters; X is kept by reference."""
+
+    def __init__(self, net, X):
+        self.net = _net(net)
+        self._N, self._K = _core.forward(self.net, X).shape  # validates X at construction
+        self.X = X
+        super().__init__(dtype=self.net.dtype, shape=(self._N * self._K, self.net.num_params))
+
+    def _matmat(self, V):
+        JV = _core.jvp(self.net, self.X, np.asarray(V))  # (N, K, m)
+        return JV.reshape(self.shape[0], -1)
+
+    def _matvec(self, v):
+        return self._matmat(np.asarray(v).reshape(-1, 1))[:, 0]
+
+    def _rmatmat(self, U):
+        return _core.vjp(self.net, self.X, np.asarray(U).reshape(self._N, self._K, -1))
+
+    def _rmatvec(self, u):
+        return self._rmatmat(np.asarray(u).reshape(-1, 1))[:, 0]
+
 # ---------------------------------------------------------------------------
 # stochastic trace and diagonal (curvlinops' hutchinson_trace / hutchpp_trace /
 # hutchinson_diag) for operators too large to form
@@ -440,12 +469,64 @@ def _xtrace(A, D, k, seed):
     return float(total / k)
 
 
-def diag_estimate(A, num_matvecs, seed=None):
-    r"""Estimate :math:`\mathrm{diag}(A)` (D,) as :math:`\frac1m\sum_i z_i \circ A z_i` with
-    random signs (Bekas et al. 2007): unbiased, entry i with variance
-    :math:`\frac1m\sum_{j\ne i} a_{ij}^2`; exact for a diagonal A. For the GGN
-    itself :func:`diag_ggn` is exact and cheaper; this serves the Hessian and
-    other operators."""
+def diag_estimate(A, num_matvecs, method="hutchinson", seed=None):
+    r"""Estimate :math:`\mathrm{diag}(A)` (D,) from ``num_matvecs`` products with random signs.
+
+    * ``"hutchinson"`` (Bekas et al. 2007): :math:`\frac1m\sum_i z_i \circ A z_i`;
+      unbiased, entry i with variance :math:`\frac1m\sum_{j\ne i} a_{ij}^2`; exact
+      for a diagonal A.
+    * ``"xdiag"`` (Epperly, Tropp & Webber 2024; curvlinops' ``xdiag``), for
+      symmetric A: each of :math:`k = m/2` sign vectors :math:`\omega_i` both
+      sketches and tests. With :math:`P_i` the projector onto
+      :math:`\mathrm{range}(A\Omega_{-i})`, the estimate is the mean over i of
+      :math:`\mathrm{diag}(P_iA) + \omega_i \circ (I-P_i)A\omega_i`, each term
+      unbiased as :math:`P_i` does not depend on :math:`\omega_i`. Exact when
+      :math:`\mathrm{rank}(A) < m/2`; far more accurate than Hutchinson when the
+      spectrum decays. Needs ``num_matvecs >= 4`` (rounded down to even);
+      extra cost :math:`O(Dk^2 + k^4)`.
+
+    For the GGN itself :func:`diag_ggn` is exact and cheaper; this serves the
+    Hessian (:func:`diag_hessian` is exact too) and other operators."""
+    if method not in ("hutchinson", "xdiag"):
+        raise ValueError(f"method: expected 'hutchinson' or 'xdiag', got {method!r}")
+    D, m = _probe_operator(A, num_matvecs, {"hutchinson": 1, "xdiag": 4}[method])
+    seed = resolve_seed(seed)
+    if method == "xdiag":
+        return _xdiag(A, D, m // 2, seed)
+    Z = _rademacher(D, m, seed)
+    return np.einsum("ij,ij->i", Z, _apply(A, Z)) / m
+
+
+def _leave_one_out_normals(R):
+    """Column i: a unit vector orthogonal to every column of R but the i-th, so that
+    Q (I - s_i s_iᵀ) Qᵀ projects onto range(Q R_{-i})."""
+    k = R.shape[1]
+    S = np.empty((k, k))
+    for i in range(k):
+        S[:, i] = np.linalg.qr(np.delete(R, i, axis=1), mode="complete")[0][:, -1]
+    return S
+
+
+def _xdiag(A, D, k, seed):
+    """XDiag with k sign vectors and 2k products (see diag_estimate)."""
+    Om = _rademacher(D, k, seed)
+    Y = _apply(A, Om)
+    Q, R = np.linalg.qr(Y)
+    AQ = _apply(A, Q)  # (Qᵀ A)ᵀ, A symmetric
+    S = _leave_one_out_normals(R)
+    QS = Q @ S
+    # diag(P_i A) = diag(Q Qᵀ A) - (Q s_i) o (A Q s_i), averaged over i
+    est = np.einsum("dj,dj->d", Q, AQ) - np.einsum("dj,dj->d", QS, AQ @ S) / k
+    # (I - P_i) A w_i = Q R e_i - Q (I - s_i s_iᵀ) R e_i = (Q s_i)(s_iᵀ R e_i)
+    c = np.einsum("ji,ji->i", S, R)
+    return est + np.einsum("di,di->d", Om, QS * c) / k
+
+
+def squared_frobenius_estimate(A, num_matvecs, seed=None):
+    r"""Estimate :math:`\|A\|_F^2 = \mathrm{tr}(A^\top A)` as
+    :math:`\frac1m\sum_i \|A z_i\|^2` with random signs (curvlinops'
+    ``hutchinson_squared_fro``): unbiased, for any square operator; exact for a
+    diagonal A. Returns a float."""
     D, m = _probe_operator(A, num_matvecs, 1)
     Z = _rademacher(D, m, resolve_seed(seed))
-    return np.einsum("ij,ij->i", Z, _apply(A, Z)) / m
+    return float(np.sum(_apply(A, Z) ** 2) / m)

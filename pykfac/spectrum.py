@@ -40,7 +40,7 @@ def _lanczos(A, v, steps):
 
 
 def spectral_density(A, num_points=1024, num_repeats=10, num_steps=128, kappa=3.0, boundaries=None,
-                     margin=0.05, seed=None):
+                     margin=0.05, log=False, epsilon=1e-5, seed=None):
     r"""Smoothed eigenvalue density of a symmetric operator, ``(grid, density)``.
 
     Each of ``num_repeats`` Lanczos runs of ``num_steps`` products, started at a
@@ -66,6 +66,14 @@ def spectral_density(A, num_points=1024, num_repeats=10, num_steps=128, kappa=3.
     boundaries : (float, float) or None
         The grid's ends; None: the extreme Ritz values, widened by ``margin``
         times their distance on each side.
+    log : bool
+        True: the density of :math:`t = \log(|\lambda| + \varepsilon)` instead
+        (curvlinops' ``lanczos_approximate_log_spectrum``), the same quadrature
+        with nodes :math:`\log(|\theta_i| + \varepsilon)`; grid, boundaries and
+        ``kappa`` are then on that axis. For curvature spectra spanning many
+        orders of magnitude, where a linear grid puts the bulk in one bin.
+    epsilon : float
+        The shift :math:`\varepsilon` > 0 of ``log=True``.
     seed : int or None
 
     Returns
@@ -90,8 +98,15 @@ def spectral_density(A, num_points=1024, num_repeats=10, num_steps=128, kappa=3.
             raise TypeError(f"boundaries: expected (left, right) or None, got {boundaries!r}") from None
         if not (np.isfinite(left) and np.isfinite(right) and left < right):
             raise ValueError(f"boundaries: expected finite left < right, got ({left}, {right})")
+    if not isinstance(log, (bool, np.bool_)):
+        raise TypeError(f"log: expected True or False, got {log!r}")
+    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float, np.floating, np.integer)) or \
+            not (np.isfinite(epsilon) and epsilon > 0):
+        raise ValueError(f"epsilon: expected a finite number > 0, got {epsilon!r}")
     starts = _core.standard_normal(int(num_repeats), D, False, resolve_seed(seed))
     runs = [_lanczos(A, v, min(int(num_steps), D)) for v in starts]
+    if log:
+        runs = [(np.log(np.abs(theta) + epsilon), tau) for theta, tau in runs]
     if boundaries is None:
         lo = min(float(theta.min()) for theta, _ in runs)
         hi = max(float(theta.max()) for theta, _ in runs)
