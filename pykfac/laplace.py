@@ -34,6 +34,7 @@ import numbers
 import numpy as np
 
 from . import _core, _persist
+from . import metrics as _metrics
 from . import linalg as _la
 from ._data import flag, iter_batches, resolve_seed, seed_stream
 from .curvature import ggn, hessian, hvp, jacobian, jvp, loss as _loss_value
@@ -1523,7 +1524,7 @@ class Laplace:
 
     def optimize_prior_precision(self, method="marglik", val_data=None, prior_structure=None,
                                  optimize_sigma=False, grid=None, pred_type="glm",
-                                 link_approx="probit", n_samples=100, seed=None):
+                                 link_approx="probit", n_samples=100, seed=None, loss="nll"):
         r"""Tune the prior precision (and optionally :math:`\sigma`) post hoc; no refit.
 
         Parameters
@@ -1536,13 +1537,20 @@ class Laplace:
             - \tfrac12\partial_{\delta_g}\log\det P + \tfrac12|g|/\delta_g]` (Kronecker:
             from the cached eigenvalues). ``"gridsearch"`` picks the scalar value on
             ``grid`` (default ``logspace(-4, 4, 21)``) with the smallest
-            validation negative log-likelihood of the predictive.
+            validation ``loss`` of the predictive (the first of ties).
         val_data : (X, y) or batches
             Required by ``"gridsearch"``.
         prior_structure : {"scalar", "layer", "param"} or None
             Structure to optimise (default: that of the current prior).
         optimize_sigma : bool
             Also fit :math:`\sigma` by marginal likelihood (regression only).
+        loss : {"nll", "brier", "ece"} or callable
+            The gridsearch criterion over the whole validation set: negative
+            log-likelihood (Gaussian with :math:`\sigma^2` for regression),
+            :func:`pykfac.metrics.brier` or :func:`pykfac.metrics.ece` (15 bins;
+            both classification/binary only), or ``loss(out, y) -> float`` with
+            ``out`` the predictive of all validation rows (probabilities, or
+            ``(mean, var)`` for regression) and ``y`` their labels.
 
         Returns
         -------
@@ -1567,21 +1575,26 @@ class Laplace:
                     raise ValueError(f"grid: expected a non-empty 1-D array of prior precisions, got shape {grid.shape}")
                 if not np.all(np.isfinite(grid) & (grid > 0)):
                     raise ValueError("grid: expected finite prior precisions > 0")
+            criterion = self._grid_criterion(loss)
             n_samples = self._pred_args(pred_type, link_approx, n_samples)
             batches = [(self._check_X(X), self._labels(y, np.shape(X)[0]))
                        for X, y in iter_batches(val_data)]
             cache = [self._glm_cache(X) if pred_type == "glm" else None for X, _ in batches]
-            best, best_nll = None, np.inf
+            y_all = np.concatenate([y for _, y in batches])
+            best, best_value = None, np.inf
             for p in grid:
                 prior = _Prior(p, self._offsets)
-                nll, n = 0.0, 0
-                for (X, y), cch in zip(batches, cache):
-                    out = self._predict_from_cache(cch, prior, pred_type, link_approx, n_samples,
-                                                   seed, X)
-                    nll += self._nll(out, y) * X.shape[0]
-                    n += X.shape[0]
-                if nll / n < best_nll:
-                    best, best_nll = p, nll / n
+                outs = [self._predict_from_cache(cch, prior, pred_type, link_approx, n_samples, seed, X)
+                        for (X, _), cch in zip(batches, cache)]
+                if self.likelihood == "regression":
+                    out = tuple(np.concatenate(part) for part in zip(*outs))
+                else:
+                    out = np.concatenate(outs)
+                value = float(criterion(out, y_all))
+                if not np.isfinite(value):
+                    raise ValueError(f"loss: returned {value} at prior precision {p}")
+                if value < best_value:
+                    best, best_value = p, value
             self.prior_precision = float(best)
             return self
         L, D = len(self._offsets) - 1, self._offsets[-1]
@@ -1937,6 +1950,22 @@ class Laplace:
             kappa = 1.0 / np.sqrt(1.0 + math.pi / 8.0 * np.diagonal(fv, axis1=1, axis2=2))
             return self._inverse_link(kappa * mu)
         return _bridge(mu, fv, normalized=link_approx == "bridge_norm")
+
+    def _grid_criterion(self, loss):
+        """The gridsearch criterion ``(out, y) -> float`` named or given by ``loss``."""
+        if callable(loss):
+            return loss
+        if not isinstance(loss, str):
+            raise TypeError(f"loss: expected 'nll', 'brier', 'ece' or a callable, got {type(loss).__name__}")
+        _choice(loss, ("nll", "brier", "ece"), "loss")
+        if loss == "nll":
+            return self._nll
+        if self.likelihood == "regression":
+            raise ValueError(f"loss: {loss!r} scores class probabilities; regression takes 'nll' or a callable")
+        score = _metrics.brier if loss == "brier" else _metrics.ece
+        if self.likelihood == "binary":
+            return lambda out, y: score(out, (np.asarray(y).reshape(-1) > 0).astype(np.int64))
+        return score
 
     def _nll(self, out, y):
         """Mean negative log-likelihood of labels y under a predictive output."""

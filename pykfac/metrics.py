@@ -1,5 +1,5 @@
-"""Scores of predictive distributions: accuracy, negative log-likelihood,
-expected calibration error and reliability-diagram bins.
+"""Scores of predictive distributions: accuracy, negative log-likelihood, Brier
+score, expected calibration error and reliability-diagram bins.
 
 ``probs`` is what :meth:`pykfac.Laplace.predictive` returns for classification
 (an (N, C) array of class probabilities) or for the binary likelihood (an (N,)
@@ -8,7 +8,7 @@ reductions over arrays the C core produced, so they stay in NumPy.
 """
 import numpy as np
 
-__all__ = ["accuracy", "nll", "ece", "reliability", "gaussian_nll"]
+__all__ = ["accuracy", "nll", "brier", "ece", "reliability", "gaussian_nll"]
 
 
 def _probs_and_labels(probs, y):
@@ -54,6 +54,18 @@ def nll(probs, y, eps=1e-12):
     if not 0 < eps < 1:
         raise ValueError(f"eps: expected a number in (0, 1), got {eps!r}")
     return float(-np.mean(np.log(np.maximum(P[np.arange(len(Y)), Y], eps))))
+
+
+def brier(probs, y):
+    r"""Brier score :math:`\frac1N\sum_n\sum_c (p_{nc} - [y_n = c])^2` (Brier 1950, summed
+    over the classes); for binary (N,) probabilities :math:`\frac1N\sum_n (p_n - y_n)^2`.
+    0 for certain correct predictions, at most 2 (binary: 1)."""
+    P, Y = _probs_and_labels(probs, y)
+    R = P.copy()
+    R[np.arange(len(Y)), Y] -= 1.0
+    score = float(np.mean(np.sum(R ** 2, axis=1)))
+    # the widened binary pair counts (p - y)^2 twice
+    return score / 2 if np.ndim(probs) == 1 else score
 
 
 def reliability(probs, y, n_bins=15):
