@@ -39,6 +39,7 @@ from .curvature import (
 )
 from .kfac import ekfac, kfac
 from .kron import EKFACCurvature, KronCurvature
+from .inverse import InverseOperator
 from .laplace import Laplace
 from .spectrum import spectral_density
 from .mlp import ACTIVATIONS, MLP, Layer
@@ -55,6 +56,7 @@ __all__ = [
     "FisherMCOperator",
     "GGNOperator",
     "HessianOperator",
+    "InverseOperator",
     "JacobianOperator",
     "KronCurvature",
     "Layer",
