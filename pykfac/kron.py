@@ -521,6 +521,9 @@ class EKFACCurvature(KronCurvature):
             raise ValueError(f"scales: expected {self.num_layers} matrices (one per layer), got {len(scales)}")
         self.scales = []
         for l, S in enumerate(scales):
+            kind = np.asarray(S).dtype.kind
+            if kind not in "iuf":  # as the factors: no silent cast of bool, complex or strings
+                raise TypeError(f"scales[{l}]: expected a real array, got dtype {np.asarray(S).dtype}")
             S = np.array(S, dtype=self.dtype, order="C", copy=True)
             shape = (self.sizes[l + 1], self.sizes[l] + 1)
             if S.shape != shape:

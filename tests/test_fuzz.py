@@ -14,7 +14,9 @@ argument in a random form:
 * at most one corruption per case: NaN/Inf, wrong length or width, wrong
   ndim, empty batch, zero columns, None, labels out of range or of the
   wrong kind, unknown or mismatched loss, bad mc_samples/seed/kind/damping/
-  power, a net that is not an MLP or has a NaN parameter.
+  power/num_matvecs/method, a bad operator or spectral-density option, data
+  that cannot be read twice (ekfac), a net that is not an MLP or has a NaN
+  parameter.
 
 The property of every case:
 
@@ -28,8 +30,9 @@ The property of every case:
 
 A second family checks maths identities on the random shapes (Jacobian vs
 JVP/VJP/GGN/diagonal, Hessian vs HVP, residual = H - G, K-FAC vs dense),
-and a third fuzzes ``KronCurvature`` (random factors of random rank,
-singular ones included) against dense float64 linear algebra.
+and a third fuzzes ``KronCurvature`` and ``EKFACCurvature`` (random factors
+of random rank and random eigenvalue scales, singular ones included) against
+dense float64 linear algebra.
 
 Cases are counted; the total is printed in pytest's terminal summary
 ("pykfac fuzz: N cases ...") and, with PYKFAC_FUZZ_REPORT=path, written to
@@ -238,6 +241,8 @@ def snapshot(args):
 
 
 def as_arrays(result):
+    if isinstance(result, pk.EKFACCurvature):
+        return [result.to_dense(), *result.A, *result.G, *result.scales]
     if isinstance(result, pk.KronCurvature):
         return [result.to_dense(), *result.A, *result.G]
     if isinstance(result, (tuple, list)):
@@ -444,12 +449,57 @@ def bad_net(draw, net):
     return bad, (ValueError, r"^net\.theta\b.*(NaN|Inf)"), what
 
 
+def _bce_takes_many_outputs():
+    """True once "bce" accepts K > 1 outputs (independent sigmoids, as
+    kfac-jax's MultiBernoulliNegativeLogProbLoss); before that it needs K = 1."""
+    try:
+        pk.loss(pk.MLP([1, 2], seed=0), np.zeros((1, 1)), np.zeros((1, 2)), "bce")
+    except ValueError:
+        return False
+    return True
+
+
+BCE_MULTI = _bce_takes_many_outputs()
+
+
 def bad_loss(draw, net):
     K = net.n_outputs
     options = ["nll", "CE", "ce ", "", None, b"ce", 3]
     options += ["ce"] if K < 2 else []
-    options += ["bce"] if K != 1 else []
+    options += ["bce"] if K != 1 and not BCE_MULTI else []
     return draw(st.sampled_from(options), label="loss corruption")
+
+
+def bad_operator(draw):
+    """A bad ``A`` for spectral_density / trace_estimate: (value, expected, label)."""
+    what = draw(st.sampled_from(["rectangular", "vector", "empty", "string", "complex", "nan_products",
+                                 "inf_products"]), label="A corruption")
+    val = (ValueError, r"^A\b")
+    if what == "rectangular":
+        return np.ones((3, 2)), val, what
+    if what == "vector":
+        return np.ones(3), val, what
+    if what == "empty":
+        return np.zeros((0, 0)), val, what
+    if what == "string":
+        return "A", val, what
+    if what == "complex":
+        return np.eye(3, dtype=np.complex128), (TypeError, r"^A\b"), what
+    bad = np.eye(3)
+    bad[1, 2] = np.nan if what == "nan_products" else np.inf
+    return bad, (ValueError, r"^A\b.*(NaN|Inf)"), what
+
+
+# (option, bad value, exception) for spectral_density's own options
+BAD_SPECTRAL = [
+    ("num_points", 1, ValueError), ("num_points", 2.0, ValueError), ("num_points", True, ValueError),
+    ("num_repeats", 0, ValueError), ("num_repeats", None, ValueError), ("num_steps", 0, ValueError),
+    ("num_steps", "8", ValueError), ("kappa", 0.0, ValueError), ("kappa", -1, ValueError),
+    ("kappa", float("nan"), ValueError), ("kappa", "3", ValueError), ("margin", -0.1, ValueError),
+    ("margin", float("inf"), ValueError), ("boundaries", (1.0, 0.0), ValueError),
+    ("boundaries", (0.0, float("nan")), ValueError), ("boundaries", (2.0, 2.0), ValueError),
+    ("boundaries", "ab", TypeError), ("boundaries", (1.0,), TypeError), ("boundaries", 3.0, TypeError),
+]
 
 
 # ---------------------------------------------------------------------------
@@ -459,6 +509,28 @@ def _ops(cls):
     def call(a):
         return cls(a["net"], a["X"], a["y"], a["loss"]) @ a["V"]
     return call
+
+
+def _fisher_mc(a):
+    op = pk.FisherMCOperator(a["net"], a["X"], a["y"], a["loss"], mc_samples=a["mc_samples"], seed=a["seed"])
+    return op @ a["V"]
+
+
+def _ekfac(a):
+    return pk.ekfac(a["net"], a["data"](a["X"], a["y"]), a["loss"], kind=a["kind"], mc_samples=a["mc_samples"],
+                    seed=a["seed"])
+
+
+# spectral_density and trace_estimate take an operator: a["op"] builds it from
+# (net, X, y, loss), so the corruptions of those arguments reach them through
+# the operator's constructor ("A" replaces the operator itself)
+def _spectral_density(a):
+    return pk.spectral_density(a["op"](a["net"], a["X"], a["y"], a["loss"]), seed=a["seed"], **a["sd"])
+
+
+def _xtrace(a):
+    return pk.trace_estimate(a["op"](a["net"], a["X"], a["y"], a["loss"]), a["num_matvecs"],
+                             method=a["method"], seed=a["seed"])
 
 
 # name -> (call(args), arguments it takes besides net, public name of V)
@@ -490,7 +562,15 @@ FUNCS = {
              ("X", "y", "loss", "kind", "mc_samples", "seed"), None),
     "GGNOperator": (_ops(pk.GGNOperator), ("X", "y", "loss", "V"), None),
     "HessianOperator": (_ops(pk.HessianOperator), ("X", "y", "loss", "V"), None),
+    "diag_hessian": (lambda a: pk.diag_hessian(a["net"], a["X"], a["y"], a["loss"]), ("X", "y", "loss"), None),
+    "ekfac": (_ekfac, ("X", "y", "loss", "kind", "mc_samples", "seed", "data"), None),
+    "EFOperator": (_ops(pk.EFOperator), ("X", "y", "loss", "V"), None),
+    "FisherMCOperator": (_fisher_mc, ("X", "y", "loss", "V", "mc_samples", "seed"), None),
+    "spectral_density": (_spectral_density, ("X", "y", "loss", "A", "sd", "seed"), None),
+    "trace_estimate_xtrace": (_xtrace, ("X", "y", "loss", "A", "num_matvecs", "method", "seed"), None),
 }
+EKFAC_KINDS = ("empirical", "exact", "mc")  # kfac's kinds but "kfra"
+OPERATORS = {"ggn": pk.GGNOperator, "hessian": pk.HessianOperator, "ef": pk.EFOperator}
 
 DATA_FORMS = {
     "pair": lambda X, y: (X, y),
@@ -506,10 +586,10 @@ def build_case(draw, name):
     net, loss, N, rng = draw(problems())
     d_in, K, D = net.sizes[0], net.n_outputs, net.num_params
     # which single argument is corrupted (None: all valid)
-    targets = [None, None, None, "net"] + [t for t in takes if t not in ("data",)]
+    targets = [None, None, None, "net"] + [t for t in takes if t not in ("data",) or name == "ekfac"]
     if name in ("forward", "features"):
         targets.remove("net")
-    if name in ("GGNOperator", "HessianOperator"):
+    if name.endswith("Operator"):
         targets = [t for t in targets if t != "V"]  # scipy checks V's shape itself
     target = draw(st.sampled_from(targets), label="corrupted argument")
     args, canon = {"net": net}, {"net": net}
@@ -538,15 +618,37 @@ def build_case(draw, name):
     if "mc_samples" in takes:
         mc = draw(st.sampled_from([0, 1, 2, 3]) if name == "diag_ggn" else st.integers(1, 3), label="mc_samples")
         args["mc_samples"] = canon["mc_samples"] = mc
+    if "seed" in takes:
         seed = draw(st.integers(0, 2**64 - 1), label="seed")
         args["seed"] = canon["seed"] = draw(st.sampled_from([seed, np.uint64(seed)]), label="seed type")
     if "kind" in takes:
-        args["kind"] = canon["kind"] = draw(st.sampled_from(sorted(KFAC_KINDS)), label="kind")
-        form = draw(st.sampled_from(sorted(DATA_FORMS)), label="data form")
+        kinds = EKFAC_KINDS if name == "ekfac" else sorted(KFAC_KINDS)
+        args["kind"] = canon["kind"] = draw(st.sampled_from(kinds), label="kind")
+        # ekfac reads the data twice: an iterator is a corruption ("data" target)
+        forms = [f for f in sorted(DATA_FORMS) if not (name == "ekfac" and f == "generator")]
+        form = draw(st.sampled_from(forms), label="data form")
         sliceable = isinstance(args["X"], (np.ndarray, list)) and isinstance(args["y"], (np.ndarray, list))
         if form == "two_batches" and (N < 2 or target in ("X", "y") or not sliceable):
             form = "pair"
         args["data"] = canon["data"] = DATA_FORMS[form]
+    if "A" in takes:
+        op = draw(st.sampled_from(sorted(OPERATORS)), label="operator")
+        args["op"] = canon["op"] = OPERATORS[op]
+    if "sd" in takes:
+        sd = {"num_points": draw(st.sampled_from([2, 17, np.int64(40)]), label="num_points"),
+              "num_repeats": draw(st.sampled_from([1, 2]), label="num_repeats"),
+              "num_steps": draw(st.sampled_from([1, 3, 8, 100]), label="num_steps"),  # capped at D
+              "kappa": draw(st.sampled_from([3.0, 1, np.float32(0.5)]), label="kappa")}
+        extra = draw(st.sampled_from(["default", "margin0", "boundaries"]), label="grid")
+        if extra == "margin0":
+            sd["margin"] = 0.0
+        elif extra == "boundaries":
+            sd["boundaries"] = (-1.0, np.float32(2.5))
+        args["sd"], canon["sd"] = sd, dict(sd)
+    if "num_matvecs" in takes:
+        args["num_matvecs"] = canon["num_matvecs"] = draw(st.sampled_from([4, 5, 8, np.int32(9)]),
+                                                          label="num_matvecs")
+        args["method"] = canon["method"] = "xtrace"
 
     if target == "net":
         args["net"], expect, what = bad_net(draw, net)
@@ -573,9 +675,10 @@ def build_case(draw, name):
     if target in ("V", "U") and expect is not None and vname != "V":
         label = f"{vname}:{label.split(':', 1)[1]}"
     elif target == "mc_samples":
-        bad = draw(st.sampled_from([-1, 1.5, True, 2**40, "2", None] + ([0] if name == "kfac" else [])),
+        zero_bad = name in ("kfac", "ekfac", "FisherMCOperator")
+        bad = draw(st.sampled_from([-1, 1.5, True, 2**40, "2", None] + ([0] if zero_bad else [])),
                    label="bad mc_samples")
-        if name == "kfac" and bad == 0 and args["kind"] != "mc":
+        if name in ("kfac", "ekfac") and bad == 0 and args["kind"] != "mc":
             bad = -1
         args["mc_samples"] = bad
         isint = isinstance(bad, int) and not isinstance(bad, bool)
@@ -588,16 +691,36 @@ def build_case(draw, name):
         expect = ((ValueError if isint else TypeError), r"^seed\b")
         label = f"seed:{bad!r}"
     elif target == "kind":
-        args["kind"] = draw(st.sampled_from(["fisher", "EXACT", None, 0]), label="bad kind")
+        bad_kinds = ["fisher", "EXACT", None, 0] + (["kfra"] if name == "ekfac" else [])
+        args["kind"] = draw(st.sampled_from(bad_kinds), label="bad kind")
         expect, label = (ValueError, r"^kind\b"), f"kind:{args['kind']!r}"
-    if expect is not None and target in ("X", "y") and name == "kfac" and args["X"] is None:
+    elif target == "data":  # ekfac: an iterator cannot be read twice
+        args["data"] = DATA_FORMS["generator"]
+        expect, label = (TypeError, r"^data\b"), "data:iterator"
+    elif target == "A":
+        bad, expect, what = bad_operator(draw)
+        args["op"] = lambda *_: bad
+        label = f"A:{what}"
+    elif target == "sd":
+        key, bad, typ = draw(st.sampled_from(BAD_SPECTRAL), label="bad spectral option")
+        args["sd"] = {**args["sd"], key: bad}
+        expect, label = (typ, rf"^{key}\b"), f"{key}:{bad!r}"
+    elif target == "num_matvecs":
+        args["num_matvecs"] = draw(st.sampled_from([3, 0, -4, 4.0, True, "6", None]), label="bad num_matvecs")
+        expect, label = (ValueError, r"^num_matvecs\b"), f"num_matvecs:{args['num_matvecs']!r}"
+    elif target == "method":
+        args["method"] = draw(st.sampled_from(["XTrace", "xtrace ", "x-trace", None, 3]), label="bad method")
+        expect, label = (ValueError, r"^method\b"), f"method:{args['method']!r}"
+    if expect is not None and target in ("X", "y") and name in ("kfac", "ekfac") and args["X"] is None:
         expect = ((TypeError, ValueError), r"^(X|data)\b")
     return fn, args, canon, expect, label
 
 
 @pytest.mark.parametrize("name", sorted(FUNCS))
 def test_fuzz_core_function(name):
-    n_examples = {"hessian": 150, "HessianOperator": 120, "GGNOperator": 120, "kfac": 400}.get(name, 220)
+    n_examples = {"hessian": 150, "HessianOperator": 120, "GGNOperator": 120, "kfac": 400, "ekfac": 300,
+                  "EFOperator": 120, "FisherMCOperator": 120, "spectral_density": 150,
+                  "trace_estimate_xtrace": 150}.get(name, 220)
 
     @fuzz_settings(n_examples)
     @given(data=st.data())
@@ -657,11 +780,20 @@ def test_fuzz_identities(data):
     _close(H, H.T, "Hessian symmetric")
     _close(pk.hvp(net, X, y, loss, V), H @ V, "hvp")
     _close(pk.residual_matvec(net, X, y, loss, V), (H - G) @ V, "residual = H - G")
+    _close(pk.diag_hessian(net, X, y, loss), np.diag(H), "diag_hessian = diag(H)")
+    _close(pk.EFOperator(net, X, y, loss) @ V, grads.T @ (grads @ V), "EFOperator = sum_n g_n g_n^T")
+    # XTrace with k = m/2 > D sign vectors: every projector P_i is I, so exact
+    tr = pk.trace_estimate(pk.GGNOperator(net, X, y, loss), 2 * D + 2, method="xtrace",
+                           seed=draw(st.integers(0, 99), label="xtrace seed"))
+    _close(np.float64(tr), np.trace(G), "xtrace with m > 2D = tr(GGN)")
     kc = pk.kfac(net, (X[:1], y[:1]), loss, kind=draw(st.sampled_from(["exact", "kfra"])))
     G1 = pk.ggn(net, X[:1], y[:1], loss)
+    # one datum: K-FAC's block is the GGN's, so EKFAC's (that block's diagonal in its own eigenbasis) is too
+    E1 = pk.ekfac(net, (X[:1], y[:1]), loss).to_dense()
     for layer in net.layers:
         s = layer.slice
         _close(kc.to_dense()[s, s], G1[s, s], "K-FAC of one datum = GGN block")
+        _close(E1[s, s], G1[s, s], "EKFAC of one datum = GGN block")
     CASES["identities"] += 1
     OUTCOMES["identities:valid"]["ok"] += 1
 
@@ -1073,3 +1205,206 @@ def test_fuzz_kron(data):
         got64 = np.asarray(got, dtype=np.float64)
         scale = max(1.0, float(np.max(np.abs(want))))
         assert np.abs(got64 - want).max() <= tol * scale, (method, np.abs(got64 - want).max(), scale)
+
+
+# ---------------------------------------------------------------------------
+# EKFACCurvature
+# ---------------------------------------------------------------------------
+EKFAC_METHODS = KRON_METHODS  # the factored variants must raise ValueError naming `factored`
+
+
+def ekfac_reference(method, kc, a):
+    """Dense float64 value of an EKFAC call from the object's own eigenbasis
+    (Q_G ⊗ Q_A, not unique for repeated eigenvalues) and scales; None where
+    not checked densely."""
+    damp = a.get("damping")
+    L = kc.num_layers
+    damps = None if damp is None else ([float(damp)] * L if np.ndim(damp) == 0 else [float(d) for d in damp])
+    V = None if a.get("V") is None else np.asarray(a["V"], dtype=np.float64)
+    c = float(a.get("c", 1.0)) if method == "scaled_solve" else 1.0
+    parts = []  # per layer: Q (rows in theta order) and the eigenvalues
+    for l, (_, QG, _, QA) in enumerate(kc.eigh()):
+        Q = np.kron(np.asarray(QG, np.float64), np.asarray(QA, np.float64))
+        S = c * np.asarray(kc.scales[l], np.float64).ravel()
+        parts.append((Q[theta_perm(kc.sizes[l + 1], kc.sizes[l])], S))
+
+    def apply(f):
+        blocks = [(Q * f(l, S)) @ Q.T for l, (Q, S) in enumerate(parts)]
+        return block_diag(blocks)
+
+    if method in ("matvec", "matmul"):
+        return apply(lambda l, S: S) @ V
+    if method == "operator":
+        return apply(lambda l, S: S + damps[l]) @ V
+    if method in ("solve", "operator_inverse", "scaled_solve"):
+        return apply(lambda l, S: 1.0 / (S + damps[l])) @ V
+    if method == "apply_power":
+        return apply(lambda l, S: (S + damps[l]) ** float(a["power"])) @ V
+    if method == "logdet":
+        return sum(float(np.log(S + d).sum()) for (_, S), d in zip(parts, damps))
+    if method == "to_dense":
+        return apply(lambda l, S: S)
+    if method == "eigvals":
+        return np.sort(np.concatenate([S for _, S in parts]))
+    if method == "trace":
+        return sum(float(S.sum()) for _, S in parts)
+    if method == "frobenius_norm":
+        return float(np.sqrt(sum(float((S ** 2).sum()) for _, S in parts)))
+    return None
+
+
+def ekfac_scales(rng, sizes, singular):
+    """Per layer (out, in + 1) eigenvalues k/4, 1 <= k <= 8 (exact in float16);
+    a `singular` layer gets one exact zero."""
+    out = []
+    for l in range(len(sizes) - 1):
+        S = rng.integers(1, 9, size=(sizes[l + 1], sizes[l] + 1)) / 4.0
+        if singular[l]:
+            S.flat[rng.integers(0, S.size)] = 0.0
+        out.append(S)
+    return out
+
+
+def bad_scales(draw, rng, A, G, sizes, scales):
+    """One corrupted `scales` constructor argument: ValueError naming it (TypeError for
+    None, which is not a real array, as for the factors)."""
+    L = len(sizes) - 1
+    l = draw(st.integers(0, L - 1), label="scales index")
+    S = np.array(scales[l], dtype=np.float64)
+    what = draw(st.sampled_from(["nan", "inf", "negative", "shape", "ndim", "none", "count"]),
+                label="scales corruption")
+    bad = list(scales)
+    if what in ("nan", "inf", "negative"):
+        S.flat[rng.integers(0, S.size)] = {"nan": np.nan, "inf": np.inf, "negative": -0.25}[what]
+        bad[l] = S
+    elif what == "shape":
+        bad[l] = np.ones((S.shape[0], S.shape[1] + 1))
+    elif what == "ndim":
+        bad[l] = S.ravel() if S.size > 1 else S[..., None]
+    elif what == "none":
+        bad[l] = None
+    elif what == "count":
+        bad = bad[:-1] if draw(st.booleans()) else bad + bad[:1]
+    before = snapshot({f"S{i}": x for i, x in enumerate(bad) if isinstance(x, np.ndarray)})
+    exc = None
+    try:
+        pk.EKFACCurvature(A, G, sizes, bad)
+    except (TypeError, ValueError, pk.LinAlgError) as e:
+        exc = e
+    record("ekfac", f"EKFACCurvature|scales:{what}", outcome_of(exc))
+    assert snapshot({f"S{i}": x for i, x in enumerate(bad) if isinstance(x, np.ndarray)}) == before
+    assert exc is not None, f"EKFACCurvature accepted bad scales ({what})"
+    want = TypeError if what == "none" else ValueError
+    assert isinstance(exc, want) and re.match(r"^scales(\[\d+\])?(?!\w)", str(exc)), \
+        (what, type(exc), str(exc))
+
+
+@fuzz_settings(300)
+@given(data=st.data())
+def test_fuzz_ekfac_methods(data):
+    """EKFACCurvature's overrides (matvec, apply_power, solve, logdet, dense and
+    scalar summaries) and the KronCurvature methods it inherits, on random
+    factors and random scales (exact zeros included): the properties of
+    test_fuzz_kron, a dense reference in the object's own eigenbasis, and the
+    factored forms refused with ValueError."""
+    draw = data.draw
+    L = draw(st.integers(1, 3), label="layers")
+    sizes = [draw(st.integers(1, 4)) for _ in range(L + 1)]
+    dtype = draw(st.sampled_from([np.float64, np.float32]), label="dtype")
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    singular = [draw(st.integers(0, 3)) == 0 for _ in range(L)]
+    A = [psd_factor(rng, s + 1, draw(st.integers(0, 5)) == 0) for s in sizes[:-1]]
+    G = [psd_factor(rng, s, draw(st.integers(0, 5)) == 0) for s in sizes[1:]]
+    S = ekfac_scales(rng, sizes, singular)
+    forms = FLOAT_FORMS + LAYOUT_FORMS[:6]
+    A_c = [a.astype(dtype) for a in A]
+    G_c = [g.astype(dtype) for g in G]
+    S_pass = [as_form(draw(st.sampled_from(forms), label="scales form"), x) for x in S]
+    if draw(st.integers(0, 4), label="corrupt the constructor") == 0:
+        bad_scales(draw, rng, A_c, G_c, sizes, S_pass)
+        return
+    snap_S = snapshot({f"S{i}": x for i, x in enumerate(S_pass)})
+    kc = pk.EKFACCurvature(A_c, G_c, sizes, S_pass, num_data=draw(st.one_of(st.none(), st.integers(1, 9))),
+                           kind="exact")
+    assert snapshot({f"S{i}": x for i, x in enumerate(S_pass)}) == snap_S
+    kc_c = pk.EKFACCurvature(A_c, G_c, sizes, [x.astype(dtype) for x in S])
+    D = kc.num_params
+
+    method = draw(st.sampled_from(EKFAC_METHODS), label="method")
+    one_col = draw(st.booleans(), label="1-D V")
+    V_c, V, _ = draw_real(draw, rng, (D,) if one_col else (D, draw(st.integers(1, 3))), "V")
+    args, canon = {"V": V}, {"V": V_c}
+    damping = draw(st.sampled_from([0.0, 0.25, 1, np.float32(0.5), "per-layer", "array"]), label="damping")
+    if damping == "per-layer":
+        damping = [float(draw(st.sampled_from([0.0, 0.25, 2.0]))) for _ in range(L)]
+    elif isinstance(damping, str):
+        damping = np.full(L, 0.5)
+    args["damping"] = canon["damping"] = damping
+    if method == "apply_power":
+        args["power"] = canon["power"] = draw(st.sampled_from([1, -1, 0.5, -0.5, 1.0, np.float64(-0.5)]))
+        args["factored"] = canon["factored"] = draw(st.integers(0, 3), label="factored") == 0
+    if method == "scaled_solve":
+        args["c"] = canon["c"] = draw(st.sampled_from([0.5, 2.0, 3]))
+    uses_v = method not in ("logdet", "logdet_factored", "to_dense", "eigvals", "trace", "frobenius_norm",
+                            "factored_pi", "eigh")
+    uses_damping = method in ("solve", "solve_factored", "apply_power", "logdet", "logdet_factored",
+                              "scaled_solve", "operator", "operator_inverse")
+    targets = [None, None] + (["V"] if uses_v and not method.startswith("operator") else []) + \
+        (["damping"] if uses_damping else []) + (["power"] if method == "apply_power" else [])
+    target = draw(st.sampled_from(targets), label="corrupted argument")
+    expect, label = None, f"ekfac.{method}:valid"
+    if target == "V":
+        args["V"], expect, what = bad_real(draw, rng, V_c, "V", "V", "kron")
+        label = f"ekfac|V:{what}"
+    elif target == "damping":
+        args["damping"], expect = bad_damping(draw, L)
+        label = f"ekfac|damping:{args['damping']!r}"
+    elif target == "power":
+        args["power"] = draw(st.sampled_from([2, 0, -2, "x", None]), label="bad power")
+        expect = ((ValueError if isinstance(args["power"], int) else TypeError), r"^power\b")
+        label = f"ekfac|power:{args['power']!r}"
+    if method in ("solve_factored", "logdet_factored") or (method == "apply_power" and args["factored"]):
+        # refused before any other argument is looked at
+        expect, label = (ValueError, r"^factored\b"), f"ekfac|{method}:factored"
+    if expect is None and uses_damping:
+        # a zero scale and zero damping make negative powers and log-dets fail
+        d = args["damping"]
+        ds = [float(d)] * L if np.ndim(d) == 0 else [float(x) for x in d]
+        negative = method in ("solve", "logdet", "scaled_solve", "operator_inverse") or \
+            (method == "apply_power" and float(args["power"]) < 0)
+        if negative and any(ds[l] == 0.0 and singular[l] for l in range(L)):
+            expect, label = (pk.LinAlgError, r"^damping\b.*layer \d"), "ekfac|zero scale, zero damping"
+
+    before = snapshot({**args, **{f"S{i}": x for i, x in enumerate(S_pass)}})
+    exc = None
+    try:
+        got = kron_call(method, kc, args)
+    except (TypeError, ValueError, pk.LinAlgError, MemoryError) as e:
+        exc = e
+    record("ekfac", label, outcome_of(exc))
+    after = snapshot({**args, **{f"S{i}": x for i, x in enumerate(S_pass)}})
+    assert after == before, "the caller's arrays changed"
+    if expect is not None:
+        assert exc is not None, f"{label}: expected {expect}, got a result"
+        assert isinstance(exc, expect[0]), f"{label}: {type(exc).__name__}: {exc}"
+        assert re.match(expect[1], str(exc)), f"{label}: {exc}"
+        return
+    assert exc is None, f"{label}: {type(exc).__name__}: {exc}"
+    assert_identical(got, kron_call(method, kc_c, canon))
+    want = ekfac_reference(method, kc, canon)
+    if want is not None:
+        # damped eigenvalues lie in [1/4, 4] (zeros only where not inverted): well conditioned
+        tol = 1e-9 if dtype == np.float64 else 1e-4
+        got64 = np.asarray(got, dtype=np.float64)
+        scale = max(1.0, float(np.max(np.abs(want))))
+        assert np.abs(got64 - want).max() <= tol * scale, (method, np.abs(got64 - want).max(), scale)
+
+
+@pytest.mark.parametrize("form", ["str", "complex128", "bool", "object"])
+@pytest.mark.filterwarnings("ignore:Casting complex values to real")
+def test_ekfac_scales_bad_dtype(form):
+    """Non-real scales are refused like non-real factors: TypeError naming the argument."""
+    A, G, sizes = [np.eye(3), np.eye(4)], [np.eye(3), np.eye(2)], [2, 3, 2]
+    scales = [np.ones((3, 3)), as_form(form, np.ones((2, 4)))]
+    with pytest.raises(TypeError, match=r"^scales\[1\](?!\w)"):
+        pk.EKFACCurvature(A, G, sizes, scales)
