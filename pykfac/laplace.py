@@ -1654,6 +1654,23 @@ class Laplace:
         self._check_fit()
         return self._post.logdet(self._c(), self._prior)
 
+    def log_det_prior_precision(self):
+        """:math:`\\log\\det P_0 = \\sum_i \\log (P_0)_{ii}` (float; laplace-torch's property of that name)."""
+        self._check_fit()
+        return float(np.sum(np.log(self._prior.diag)))
+
+    def log_det_ratio(self):
+        """:math:`\\log\\det P - \\log\\det P_0` (float), the Occam factor of
+        :meth:`log_marginal_likelihood` = ``log_likelihood() - (scatter() + log_det_ratio()) / 2``."""
+        return self.log_det_posterior_precision() - self.log_det_prior_precision()
+
+    def scatter(self):
+        """:math:`(\\theta^*-\\mu_0)^\\top P_0 (\\theta^*-\\mu_0)` (float), the prior term of
+        :meth:`log_marginal_likelihood`."""
+        self._check_fit()
+        delta = self._theta_delta()
+        return float(self._prior.diag @ (delta * delta))
+
     def square_norm(self, theta):
         r""":math:`(\theta - \theta^*)^\top P (\theta - \theta^*)` for ``theta`` (D,) -> float,
         or for rows (n, D) -> (n,) float64. Cost: one product with P per row
