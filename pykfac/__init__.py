@@ -39,7 +39,7 @@ from .curvature import (
 )
 from .kfac import ekfac, kfac
 from .kron import EKFACCurvature, KronCurvature
-from .inverse import InverseOperator
+from .operators import InverseOperator, SubmatrixOperator
 from .laplace import Laplace
 from .spectrum import spectral_density
 from .mlp import ACTIVATIONS, MLP, Layer
@@ -87,6 +87,7 @@ __all__ = [
     "output_curvature",
     "residual_matvec",
     "set_num_threads",
+    "SubmatrixOperator",
     "spectral_density",
     "show_config",
     "trace_estimate",

@@ -1,8 +1,10 @@
-r"""Matrix-free inverses :math:`(A + \delta I)^{-1}` of curvature operators
-(curvlinops' ``CGInverseLinearOperator``, ``LSMRInverseLinearOperator`` and
-``NeumannInverseLinearOperator``): inverse-Hessian- or inverse-GGN-vector
-products for influence functions, Newton steps and the like, from products with
-``A`` alone. The products are the C core's; the Krylov recursions are SciPy's.
+r"""Operators built from other square operators: matrix-free inverses
+:math:`(A + \delta I)^{-1}` (curvlinops' ``CGInverseLinearOperator``,
+``LSMRInverseLinearOperator`` and ``NeumannInverseLinearOperator``) for
+inverse-Hessian- or inverse-GGN-vector products (influence functions, Newton
+steps), and blocks ``A[rows][:, cols]`` (curvlinops' ``SubmatrixLinearOperator``),
+from products with ``A`` alone. The products are the C core's; the Krylov
+recursions are SciPy's.
 """
 import numbers
 
@@ -12,9 +14,14 @@ from scipy.sparse.linalg import LinearOperator, cg, lsmr, minres
 from ._core import LinAlgError
 from .curvature import _apply, _probe_operator
 
-__all__ = ["InverseOperator"]
+__all__ = ["InverseOperator", "SubmatrixOperator"]
 
 _METHODS = ("cg", "minres", "lsmr", "neumann")
+
+
+def _transpose(A):
+    """Aᵀ of an array or a real LinearOperator (its adjoint)."""
+    return A.T if isinstance(A, np.ndarray) else A.H
 
 
 def _positive_number(value, name, allow_zero=False):
@@ -93,8 +100,7 @@ class InverseOperator(LinearOperator):
 
     def _shifted_rmatvec(self, v):  # lsmr's products with the transpose
         v = np.asarray(v, dtype=np.float64).reshape(-1)
-        At = self.A.T if isinstance(self.A, np.ndarray) else self.A.H
-        return _apply(At, v[:, None])[:, 0] + self.damping * v
+        return _apply(_transpose(self.A), v[:, None])[:, 0] + self.damping * v
 
     def _matmat(self, B):
         B = np.asarray(B, dtype=np.float64)
@@ -151,3 +157,47 @@ class InverseOperator(LinearOperator):
                                   "(below 2 / the largest eigenvalue of A + damping I)")
         self.iterations = [self.num_terms] * B.shape[1]
         return X
+
+
+def _indices(idx, n, name):
+    arr = np.asarray(idx)
+    if arr.dtype.kind not in "iu" or arr.ndim != 1 or arr.size == 0:
+        raise ValueError(f"{name}: expected a non-empty 1-D array of integer indices, got {arr.dtype} {arr.shape}")
+    if arr.min() < 0 or arr.max() >= n:
+        raise ValueError(f"{name}: expected indices in [0, {n - 1}], got range [{arr.min()}, {arr.max()}]")
+    if np.unique(arr).size != arr.size:
+        raise ValueError(f"{name}: expected distinct indices")
+    return arr.astype(np.intp)
+
+
+class SubmatrixOperator(LinearOperator):
+    """The block ``A[rows][:, cols]`` of a square operator as a ``LinearOperator``
+    (curvlinops' ``SubmatrixLinearOperator``), e.g. one layer's GGN or Hessian block,
+    or its coupling to another layer: each product is one product with ``A`` of a
+    vector that is zero outside ``cols``, of which ``rows`` are kept. Its adjoint
+    uses ``A``'s (``A.T`` for arrays, ``A.H`` for operators), in float64."""
+
+    def __init__(self, A, rows, cols):
+        D, _ = _probe_operator(A, 1, 1)
+        self.A = A
+        self.rows, self.cols = _indices(rows, D, "rows"), _indices(cols, D, "cols")
+        self._D = D
+        super().__init__(dtype=np.float64, shape=(self.rows.size, self.cols.size))
+
+    def _embed(self, V, idx):
+        V = np.asarray(V, dtype=np.float64)
+        full = np.zeros((self._D, V.shape[1]))
+        full[idx] = V
+        return full
+
+    def _matmat(self, V):
+        return _apply(self.A, self._embed(V, self.cols))[self.rows]
+
+    def _matvec(self, v):
+        return self._matmat(np.asarray(v).reshape(-1, 1))[:, 0]
+
+    def _rmatmat(self, U):
+        return _apply(_transpose(self.A), self._embed(U, self.rows))[self.cols]
+
+    def _rmatvec(self, u):
+        return self._rmatmat(np.asarray(u).reshape(-1, 1))[:, 0]

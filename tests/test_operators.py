@@ -1,5 +1,6 @@
 """pk.InverseOperator: (A + damping I)^-1 products by CG, MINRES, LSMR and the Neumann
-series, against np.linalg.solve of the dense matrices."""
+series, against np.linalg.solve of the dense matrices; pk.SubmatrixOperator against
+the dense block."""
 import numpy as np
 import pytest
 
@@ -112,3 +113,31 @@ def test_non_convergence_and_bad_arguments(problem):
     Bc = B.copy()
     pk.InverseOperator(G, damping=0.1) @ B
     np.testing.assert_array_equal(B, Bc)  # the right-hand side is not modified
+
+
+def test_submatrix_operator_is_the_dense_block(problem):
+    net, X, y, B = problem
+    H = pk.hessian(net, X, y, "ce")
+    Hop = pk.HessianOperator(net, X, y, "ce")
+    D = len(H)
+    rng = np.random.default_rng(7)
+    rows, cols = rng.permutation(D)[:9], np.arange(D - 12, D)   # scattered rows, the last layer's columns
+    sub = pk.SubmatrixOperator(Hop, rows, cols)
+    want = H[np.ix_(rows, cols)]
+    assert sub.shape == want.shape
+    V, U = rng.normal(size=(12, 2)), rng.normal(size=(9, 3))
+    np.testing.assert_allclose(sub @ V, want @ V, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(sub @ V[:, 0], want @ V[:, 0], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(sub.T @ U, want.T @ U, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(sub.matmat(np.eye(12)), want, rtol=1e-12, atol=1e-12)
+    # a non-symmetric array: the adjoint is the block of A^T
+    N = rng.normal(size=(6, 6))
+    s2 = pk.SubmatrixOperator(N, [4, 0], [1, 2, 5])
+    np.testing.assert_allclose(s2.T @ np.array([1.0, -2.0]), N[np.ix_([4, 0], [1, 2, 5])].T @ [1.0, -2.0],
+                               rtol=1e-14)
+    for bad, msg in (([], "rows: expected a non-empty"), ([0, D], r"rows: expected indices in \[0, "),
+                     ([1, 1], "rows: expected distinct"), ([0.5], "rows: expected a non-empty 1-D array of integer")):
+        with pytest.raises(ValueError, match=msg):
+            pk.SubmatrixOperator(Hop, bad, cols)
+    with pytest.raises(ValueError, match="cols"):
+        pk.SubmatrixOperator(Hop, rows, [-1])
