@@ -116,9 +116,8 @@ static int check_loss(const pk_mlp_t *net, pk_loss_t loss, int64_t n, const void
         return PK_OK;
     }
     if (loss == PK_LOSS_MSE) return pk_check_finite(net->dtype, n * K, y);
-    if (loss == PK_LOSS_BCE) {
-        if (K != 1) return PK_ERR_LOSS;
-        for (int64_t i = 0; i < n; i++) {
+    if (loss == PK_LOSS_BCE) { /* n x K values */
+        for (int64_t i = 0; i < n * K; i++) {
             double v = net->dtype == PK_FLOAT64 ? ((const double *)y)[i] : ((const float *)y)[i];
             if (!(v == 0.0 || v == 1.0 || v == -1.0)) return PK_ERR_LABEL;
         }
@@ -324,7 +323,7 @@ int pk_output_curvature(const pk_mlp_t *net, pk_loss_t loss, int64_t n, const vo
     if (dloss || loss == PK_LOSS_CE || loss == PK_LOSS_BCE) {
         /* labels are only read for dloss; still validate the loss/width pairing */
         int64_t K = net->sizes[net->n_layers];
-        if ((loss == PK_LOSS_CE && K < 2) || (loss == PK_LOSS_BCE && K != 1)) return PK_ERR_LOSS;
+        if (loss == PK_LOSS_CE && K < 2) return PK_ERR_LOSS;
     }
     if (loss != PK_LOSS_MSE && loss != PK_LOSS_CE && loss != PK_LOSS_BCE) return PK_ERR_LOSS;
     if (dloss) {

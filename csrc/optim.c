@@ -115,7 +115,7 @@ int pk_ggn_gram(const pk_mlp_t *net, pk_loss_t loss, int64_t n, const void *X, i
     if (m < 1 || !X || !V || !out) return m < 1 ? PK_ERR_EMPTY : PK_ERR_BAD_ARG;
     const int64_t K = net->sizes[net->n_layers];
     if (loss != PK_LOSS_MSE && loss != PK_LOSS_CE && loss != PK_LOSS_BCE) return PK_ERR_LOSS;
-    if ((loss == PK_LOSS_CE && K < 2) || (loss == PK_LOSS_BCE && K != 1)) return PK_ERR_LOSS;
+    if (loss == PK_LOSS_CE && K < 2) return PK_ERR_LOSS;
     switch (net->dtype) {
     case PK_FLOAT64: return ggn_gram_d(net, loss, n, X, m, V, out);
     case PK_FLOAT32: return ggn_gram_f(net, loss, n, X, m, V, out);

@@ -6,8 +6,8 @@
  *    s_l = a_l W_l^T + b_l, a_{l+1} = act_l(s_l); the last layer is linear.
  *  - theta = [W_0.ravel() (row-major, out x in), b_0, W_1.ravel(), b_1, ...].
  *  - matrices are row-major, C-contiguous, in the network's dtype; labels are
- *    int64 class indices for PK_LOSS_CE, dtype values for MSE (n x K) and BCE
- *    (n values in {0, 1}; -1 is read as 0).
+ *    int64 class indices for PK_LOSS_CE, dtype values for MSE and BCE (n x K;
+ *    BCE values in {0, 1}, -1 read as 0).
  *  - the data term is the SUM over samples, never the mean.
  *
  * All functions process the data in row chunks, so scratch memory is bounded
@@ -33,6 +33,9 @@ typedef enum {
     PK_ACT_COUNT = 8
 } pk_act_t;
 
+/* BCE is kfac-jax's MultiBernoulliNegativeLogProbLoss: K >= 1 independent
+ * logistic outputs, loss sum_k log(1 + exp(-t_k f_k)) (t_k = 2 y_k - 1),
+ * Lambda = diag(p o (1 - p)), p = sigmoid(f). */
 typedef enum { PK_LOSS_MSE = 0, PK_LOSS_CE = 1, PK_LOSS_BCE = 2 } pk_loss_t;
 
 /* How the output-space curvature is represented when building approximations. */
@@ -66,7 +69,7 @@ int pk_forward(const pk_mlp_t *net, int64_t n, const void *X, void *out) PK_MUST
 int pk_features(const pk_mlp_t *net, int64_t n, const void *X, void *out) PK_MUST_CHECK;
 
 /* *loss_out (may be NULL) = sum_n loss_n (accumulated in double); grad (D, may be NULL) =
- * dL/dtheta. Errors: PK_ERR_LABEL, PK_ERR_LOSS (BCE needs K = 1), PK_ERR_EMPTY. */
+ * dL/dtheta. Errors: PK_ERR_LABEL, PK_ERR_LOSS (CE needs K >= 2), PK_ERR_EMPTY. */
 int pk_loss_grad(const pk_mlp_t *net, pk_loss_t loss, int64_t n, const void *X, const void *y,
                  double *loss_out, void *grad) PK_MUST_CHECK;
 
@@ -154,7 +157,8 @@ int pk_kfac_factors(const pk_mlp_t *net, pk_fisher_t kind, pk_loss_t loss, int64
 
 /* Output-space pieces at the current parameters (n rows):
  * dloss (n x K) = dl/df; lam (n x K x K) = Lambda_n; sqrt_lam (n x K x K) with
- * S S^T = Lambda (column v of S for CE is sqrt(p_v)(e_v - p)). Any output may be NULL. */
+ * S S^T = Lambda (column v of S for CE is sqrt(p_v)(e_v - p); for BCE S is
+ * diagonal, sqrt(p_v (1 - p_v)) e_v). Any output may be NULL. */
 int pk_output_curvature(const pk_mlp_t *net, pk_loss_t loss, int64_t n, const void *X,
                         const void *y, void *dloss, void *lam, void *sqrt_lam) PK_MUST_CHECK;
 

@@ -528,13 +528,9 @@ int pk_parse_loss(PyObject *obj, int64_t K, pk_loss_t *loss)
     const char *s = PyUnicode_Check(obj) ? PyUnicode_AsUTF8(obj) : NULL;
     if (s && !strcmp(s, "mse")) *loss = PK_LOSS_MSE;
     else if (s && !strcmp(s, "ce")) *loss = PK_LOSS_CE;
-    else if (s && !strcmp(s, "bce")) *loss = PK_LOSS_BCE;
+    else if (s && !strcmp(s, "bce")) *loss = PK_LOSS_BCE; /* one logistic loss per output */
     else {
         PyErr_Format(PyExc_ValueError, "loss: expected 'mse', 'ce' or 'bce', got %R", obj);
-        return -1;
-    }
-    if (*loss == PK_LOSS_BCE && K != 1) {
-        PyErr_Format(PyExc_ValueError, "loss: 'bce' needs a network with 1 output, this one has %lld", (long long)K);
         return -1;
     }
     if (*loss == PK_LOSS_CE && K < 2) {
@@ -579,10 +575,19 @@ PyArrayObject *pk_arg_labels(PyObject *y, pk_loss_t loss, npy_intp n, int64_t K,
         }
         return pk_arg_array(y, "y", PK_ARG_REAL, typenum, nd, shape, 1);
     }
-    /* bce: (n,) or (n, 1), values in {0, 1} (or -1/+1, or booleans) */
+    /* bce: (n, K), or (n,) when K = 1; values in {0, 1} (or -1/+1, or booleans) */
     PyObject *tmp = PyArray_FROM_O(y);
     if (!tmp) return NULL;
     int nd = PyArray_NDIM((PyArrayObject *)tmp);
+    if (K > 1 && nd == 1) {
+        /* the likeliest mistake: single-output labels for a multi-label net */
+        PyErr_Format(PyExc_ValueError,
+                     "y: loss='bce' with %lld outputs expects labels of shape (%ld, %lld), one 0/1 label "
+                     "per output, got shape (%ld,)",
+                     (long long)K, (long)n, (long long)K, (long)PyArray_DIM((PyArrayObject *)tmp, 0));
+        Py_DECREF(tmp);
+        return NULL;
+    }
     if (PyArray_DESCR((PyArrayObject *)tmp)->kind == 'b') {
         PyObject *as_real = (PyObject *)PyArray_Cast((PyArrayObject *)tmp, typenum);
         Py_DECREF(tmp);
@@ -592,22 +597,24 @@ PyArrayObject *pk_arg_labels(PyObject *y, pk_loss_t loss, npy_intp n, int64_t K,
         return res;
     }
     Py_DECREF(tmp);
-    if (nd == 2) {
-        npy_intp shape[2] = {n, 1};
+    if (nd == 2 || K > 1) {
+        npy_intp shape[2] = {n, (npy_intp)K};
         arr = pk_arg_array(y, "y", PK_ARG_REAL, typenum, 2, shape, 1);
     } else {
         npy_intp shape[1] = {n};
         arr = pk_arg_array(y, "y", PK_ARG_REAL, typenum, 1, shape, 1);
     }
     if (!arr) return NULL;
-    for (npy_intp i = 0; i < n; i++) {
+    for (npy_intp i = 0; i < n * (npy_intp)K; i++) {
         double v = typenum == NPY_FLOAT32 ? ((const float *)PyArray_DATA(arr))[i]
                                           : ((const double *)PyArray_DATA(arr))[i];
         if (!(v == 0.0 || v == 1.0 || v == -1.0)) {
-            char got[32]; /* PyErr_Format has no %g */
+            char got[32], at[64]; /* PyErr_Format has no %g */
             snprintf(got, sizeof got, "%.9g", v);
-            PyErr_Format(PyExc_ValueError, "y: binary labels for loss='bce' must be 0/1 (or -1/+1), got %s at index %ld",
-                         got, (long)i);
+            if (K == 1) snprintf(at, sizeof at, "%ld", (long)i);
+            else snprintf(at, sizeof at, "(%ld, %ld)", (long)(i / K), (long)(i % K));
+            PyErr_Format(PyExc_ValueError, "y: binary labels for loss='bce' must be 0/1 (or -1/+1), got %s at index %s",
+                         got, at);
             Py_DECREF(arr);
             return NULL;
         }

@@ -209,12 +209,12 @@ int pk_netarg_parse(PyObject *obj, pk_netarg_t *out);
 void pk_netarg_release(pk_netarg_t *arg);
 
 /* Parse a loss name ("mse" | "ce" | "bce") into *loss; -1 with ValueError otherwise.
- * Also checks it fits the output width K (bce needs K == 1). */
+ * Also checks it fits the output width K (ce needs K >= 2). */
 int pk_parse_loss(PyObject *obj, int64_t K, pk_loss_t *loss);
 
 /* Validate labels `y` for `loss` with n rows and K outputs; returns a new
- * normalised array (int64 (n,) for ce, dtype (n, K) for mse, dtype (n,) for
- * bce, where (n, 1) is also accepted) or NULL with an exception. */
+ * normalised array (int64 (n,) for ce, dtype (n, K) for mse and bce, where
+ * (n,) is also accepted when K == 1) or NULL with an exception. */
 PyArrayObject *pk_arg_labels(PyObject *y, pk_loss_t loss, npy_intp n, int64_t K, int typenum);
 
 /* Seed a pk_rng_t from a Python int (any size; reduced mod 2**64). */

@@ -5,10 +5,13 @@ Everything refers to the SUM over samples (CONVENTIONS.md)
 .. math:: L(\theta) = \sum_n \ell(y_n, f(x_n, \theta)),
 
 with ``loss`` one of ``"mse"`` (:math:`\tfrac12\|y-f\|^2`), ``"ce"``
-(softmax cross-entropy, integer labels) or ``"bce"`` (logistic, one output,
-labels 0/1 or -1/+1), and every vector/matrix over parameters in ``net.theta``
-order. To compare with a mean-reduced loss divide by N; PyTorch's
-``MSELoss(reduction="sum")`` is twice ``"mse"`` here.
+(softmax cross-entropy, integer labels) or ``"bce"`` (logistic, one independent
+sigmoid per output as kfac-jax's ``MultiBernoulliNegativeLogProbLoss``: labels
+0/1 or -1/+1 of shape (N, K), or (N,) when K = 1;
+:math:`\Lambda = \mathrm{diag}(\sigma(f) \odot (1-\sigma(f)))`), and every
+vector/matrix over parameters in ``net.theta`` order. To compare with a
+mean-reduced loss divide by N; PyTorch's ``MSELoss(reduction="sum")`` is twice
+``"mse"`` here.
 """
 from collections import namedtuple
 
@@ -79,7 +82,8 @@ def loss(net, X, y, loss):
     ----------
     net : MLP
     X : (N, d_in) array
-    y : labels -- (N,) int for "ce", (N, K) float for "mse", (N,) 0/1 for "bce"
+    y : labels -- (N,) int for "ce", (N, K) float for "mse", (N, K) 0/1 for "bce"
+        (both (N,) or (N, K) when K = 1)
     loss : {"mse", "ce", "bce"}
     """
     return _core.loss_grad(_net(net), X, y, loss, False)[0]
@@ -249,7 +253,9 @@ def empirical_fisher_diag(net, X, y, loss):
 OutputCurvature = namedtuple("OutputCurvature", ["grad", "hessian", "sqrt"])
 OutputCurvature.__doc__ = """Output-space derivatives of the loss at f(X):
 grad (N, K) = dl/df (None without labels), hessian (N, K, K) = Lambda_n,
-sqrt (N, K, K) with S S^T = Lambda (for "ce", column v is sqrt(p_v)(e_v - p))."""
+sqrt (N, K, K) with S S^T = Lambda (for "ce", column v is sqrt(p_v)(e_v - p);
+for "bce" both are diagonal, Lambda = diag(p (1 - p)) and S = diag(sqrt(p (1 - p))),
+p = sigmoid(f))."""
 
 
 def output_curvature(net, X, loss, y=None):
@@ -354,7 +360,6 @@ class EFOperator(_OutputStackOperator):
         super().__init__(net, X, y, loss, 1, 0)
 
 
-
 class JacobianOperator(LinearOperator):
     """The Jacobian of the outputs as an (N K, D) ``LinearOperator`` (curvlinops'
     ``JacobianLinearOperator``; ``.T`` is its ``TransposedJacobianLinearOperator``):
@@ -380,6 +385,7 @@ class JacobianOperator(LinearOperator):
 
     def _rmatvec(self, u):
         return self._rmatmat(np.asarray(u).reshape(-1, 1))[:, 0]
+
 
 # ---------------------------------------------------------------------------
 # stochastic trace and diagonal (curvlinops' hutchinson_trace / hutchpp_trace /

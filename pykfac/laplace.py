@@ -893,7 +893,8 @@ class Laplace:
         do not affect the posterior). None only via :meth:`from_jacobians`.
     likelihood : {"regression", "classification", "binary"}
         Losses ``mse`` (labels (N, K) floats), ``ce`` (integer labels (N,)) and
-        ``bce`` (one output, labels 0/1).
+        ``bce`` (labels 0/1: (N,) for one output, or (N, K) for K independent
+        binary outputs, i.e. multi-label classification).
     structure : {"full", "diag", "kron", "lowrank", "ekfac"}
         ``"ekfac"``: K-FAC's eigenbasis with the curvature's own diagonal in it
         (George et al. 2018; :func:`pykfac.ekfac`), one more pass over the data
@@ -989,8 +990,6 @@ class Laplace:
         K = None
         if net is not None:
             K = net.n_outputs
-            if likelihood == "binary" and K != 1:
-                raise ValueError(f"likelihood: 'binary' needs a network with 1 output, this one has {K}")
             if likelihood == "classification" and K < 2:
                 raise ValueError("likelihood: 'classification' needs at least 2 outputs (use 'binary' for 1)")
             self._set_model(net)
@@ -1161,9 +1160,12 @@ class Laplace:
         elif self.likelihood == "binary":
             if y.dtype.kind not in "iufb":
                 raise TypeError(f"y: expected 0/1 (or bool) labels for likelihood='binary', got dtype {y.dtype}")
-            if y.shape not in ((n,), (n, 1)):
-                raise ValueError(f"y: expected shape ({n},) or ({n}, 1) for likelihood='binary', got {y.shape}")
-            y = y.reshape(n)
+            K = self.n_outputs
+            shapes = ((n,), (n, 1)) if K == 1 else ((n, K),)
+            if y.shape not in shapes:
+                want = f"({n},) or ({n}, 1)" if K == 1 else f"({n}, {K}) (one 0/1 label per output)"
+                raise ValueError(f"y: expected shape {want} for likelihood='binary', got {y.shape}")
+            y = y.reshape(n) if K == 1 else y
             if not np.all(np.isin(y, (0, 1, -1))):
                 raise ValueError("y: binary labels for likelihood='binary' must be 0/1 (or -1/+1)")
             y = y.astype(self.dtype)
@@ -1880,7 +1882,8 @@ class Laplace:
             (GLM) or the sample variance of f plus ``σ²`` (NN). With
             ``joint=True``: (mean (N K,), covariance (N K, N K)).
         classification : (N, C) class probabilities.
-        binary : (N,) probabilities of y = 1.
+        binary : (N,) probabilities of y = 1; (N, K) of y_k = 1 with K outputs
+            (multi-label: each output its own sigmoid, probit per output).
         """
         n_samples = self._pred_args(pred_type, link_approx, n_samples)
         if flag(joint, "joint"):
@@ -1919,7 +1922,8 @@ class Laplace:
                            jacobians=None, f_map=None):
         r"""The inverse link applied to :meth:`functional_samples`, as laplace-torch's
         ``predictive_samples``: class probabilities (n_samples, N, C) for
-        classification, P(y = 1) (n_samples, N) for binary, the outputs
+        classification, P(y = 1) (n_samples, N) for binary ((n_samples, N, K)
+        with K outputs), the outputs
         themselves (n_samples, N, K) for regression (no observation noise: add
         ``sigma_noise`` draws for samples of y). ``predictive(..., link_approx="mc")``
         is their mean for the same ``seed``.
@@ -1930,7 +1934,7 @@ class Laplace:
         if self.likelihood == "classification":
             return _softmax(F)
         if self.likelihood == "binary":
-            return _sigmoid(F[..., 0])
+            return _sigmoid(F[..., 0] if F.shape[-1] == 1 else F)
         return F
 
     def _f_samples(self, cache, prior, pred_type, n_samples, seed, X):
@@ -1980,6 +1984,9 @@ class Laplace:
         if self.likelihood == "regression":
             raise ValueError(f"loss: {loss!r} scores class probabilities; regression takes 'nll' or a callable")
         score = _metrics.brier if loss == "brier" else _metrics.ece
+        if self.likelihood == "binary" and self.n_outputs > 1:
+            raise ValueError(f"loss: {loss!r} takes one binary output; with {self.n_outputs} outputs use 'nll' "
+                             f"or a callable")
         if self.likelihood == "binary":
             return lambda out, y: score(out, (np.asarray(y).reshape(-1) > 0).astype(np.int64))
         return score
@@ -1990,10 +1997,11 @@ class Laplace:
         if self.likelihood == "regression":
             mu, var = out
             return float(np.mean(np.sum(0.5 * np.log(2 * math.pi * var) + 0.5 * (y - mu) ** 2 / var, axis=1)))
-        if self.likelihood == "binary":
-            yb = (np.asarray(y).reshape(-1) > 0).astype(np.float64)
+        if self.likelihood == "binary":  # summed over the outputs of a row, averaged over rows
             p = np.clip(out, eps, 1 - eps)
-            return float(-np.mean(yb * np.log(p) + (1 - yb) * np.log(1 - p)))
+            yb = (np.asarray(y) > 0).astype(np.float64).reshape(p.shape)
+            terms = yb * np.log(p) + (1 - yb) * np.log(1 - p)
+            return float(-np.mean(terms.reshape(len(terms), -1).sum(1)))
         return float(-np.mean(np.log(np.clip(out[np.arange(len(y)), y], eps, None))))
 
     # ---- framework-agnostic constructor ------------------------------------------------
@@ -2041,8 +2049,6 @@ class Laplace:
         if not np.all(np.isfinite(J)):
             raise ValueError("J: contains NaN or Inf")
         N, K, D = J.shape
-        if likelihood == "binary" and K != 1:
-            raise ValueError(f"likelihood: 'binary' needs K = 1 output, got {K}")
         self.n_outputs, self.dtype = K, np.dtype(dtype)
         if layer_sizes is None:
             sizes = [D]
@@ -2072,9 +2078,9 @@ class Laplace:
             else:
                 if f_map is None:
                     raise ValueError("Lam: pass the output Hessians, or f_map to compute them")
-                if likelihood == "binary":
+                if likelihood == "binary":  # independent outputs: diag(p (1 - p))
                     p = _sigmoid(f_map)
-                    Lam = (p * (1 - p)).reshape(N, 1, 1)
+                    Lam = np.einsum("nk,kl->nkl", p * (1 - p), np.eye(K))
                 else:
                     p = _softmax(f_map)
                     Lam = np.einsum("nk,kl->nkl", p, np.eye(K)) - np.einsum("nk,nl->nkl", p, p)
@@ -2117,8 +2123,8 @@ class Laplace:
             y = np.asarray(y, dtype=np.float64).reshape(N, -1)
             return float(0.5 * np.sum((y - f) ** 2))
         if self.likelihood == "binary":
-            yt = 2 * (np.asarray(y, dtype=np.float64).reshape(N) > 0) - 1.0
-            return float(np.sum(np.logaddexp(0.0, -yt * f[:, 0])))
+            yt = 2 * (np.asarray(y, dtype=np.float64).reshape(f.shape) > 0) - 1.0
+            return float(np.sum(np.logaddexp(0.0, -yt * f)))
         y = np.asarray(y)
         if y.dtype.kind not in "iu":
             raise TypeError("y: expected integer class labels for likelihood='classification'")

@@ -115,6 +115,7 @@ class Optimizer:
     net : MLP
         Updated in place (``net.theta``).
     loss : {"mse", "ce", "bce"}
+        ``"bce"``: one logistic loss per output, labels (N, K) 0/1 ((N,) if K = 1).
     weight_decay : float >= 0, or (D,) array (SGD, Adam)
         η of the L2 term ``η/2 ‖θ‖²`` in h; per parameter ``½ Σ ηᵢ θᵢ²``, e.g.
         a Laplace prior precision times σ²T/N (:func:`pykfac.marglik_training`).
@@ -127,8 +128,6 @@ class Optimizer:
         self.net = _net(net)
         self.loss = _choice(loss, "loss", _LOSSES)
         K = self.net.n_outputs
-        if self.loss == "bce" and K != 1:
-            raise ValueError(f"loss: 'bce' needs a network with 1 output, this one has {K}")
         if self.loss == "ce" and K < 2:
             raise ValueError("loss: 'ce' needs a network with at least 2 outputs (use 'bce' for 1)")
         self.weight_decay = _weight_decay(weight_decay, self.net.num_params, self._vector_decay)

@@ -15,7 +15,7 @@ Factories (each a fixture returning a function):
   overwritten with seeded random weights (W ~ N(0, 1/fan_in), b ~ N(0, 0.5^2)),
   so biases are never trivially zero;
 - ``make_data(loss, N, d_in, K, seed)``: X (N, d_in) and labels for the loss
-  (mse: float (N, K); ce: int64 (N,); bce: float 0/1 (N,));
+  (mse: float (N, K); ce: int64 (N,); bce: float 0/1 (N,) for K = 1, else (N, K));
 - ``ref_of(net)``: a reference.RefMLP built from float64 copies of
   net.layers[i].W / .b and net.activations;
 - ``make_problem(loss, hidden, activation, N, ...)``: (net, X, y, ref).
@@ -46,7 +46,8 @@ import reference  # noqa: E402
 
 
 def output_width(loss, K=3):
-    """Outputs of the test networks for each loss (bce needs K = 1)."""
+    """Outputs of the test networks for each loss (single-output bce; multi-output
+    bce is tested in test_bce_multi.py)."""
     return 1 if loss == "bce" else K
 
 
@@ -76,8 +77,7 @@ def build_data(loss, N, d_in, K, seed=0):
     elif loss == "ce":
         y = rng.integers(0, K, size=N).astype(np.int64)
     elif loss == "bce":
-        assert K == 1
-        y = rng.integers(0, 2, size=N).astype(np.float64)
+        y = rng.integers(0, 2, size=N if K == 1 else (N, K)).astype(np.float64)
     else:
         raise ValueError(loss)
     return X, y

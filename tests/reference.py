@@ -20,6 +20,7 @@ Two independent routes to second derivatives are provided:
   every output with respect to theta;
 - finite differences (``fd_*`` and ``RefMLP.residual_fd``).
 """
+import itertools
 import math
 
 import numpy as np
@@ -94,6 +95,20 @@ def bce_labels01(y):
     return y
 
 
+def bce_targets(y, N, K):
+    """bce labels as float 0/1 of shape (N, K) (one per output; (N,) accepted
+    for K = 1); -1 is read as 0."""
+    y = np.asarray(y, dtype=np.float64)
+    if K == 1:
+        y = y.reshape(N, 1)
+    if y.shape != (N, K):
+        raise ValueError(f"bce labels: expected shape ({N}, {K}), got {y.shape}")
+    y = np.where(y == -1.0, 0.0, y)
+    if not np.all((y == 0.0) | (y == 1.0)):
+        raise ValueError("bce labels must be 0/1 or -1/+1")
+    return y
+
+
 def softmax(f):
     f = np.asarray(f, dtype=np.float64)
     z = f - f.max(axis=-1, keepdims=True)
@@ -113,10 +128,9 @@ def loss_per_sample(f, y, loss):
         m = f.max(axis=1)
         lse = m + np.log(np.sum(np.exp(f - m[:, None]), axis=1))
         return lse - f[np.arange(N), y]
-    if loss == "bce":
-        assert K == 1
-        yt = 2.0 * bce_labels01(y) - 1.0
-        return np.logaddexp(0.0, -yt * f[:, 0])
+    if loss == "bce":  # K independent logistic losses, summed
+        yt = 2.0 * bce_targets(y, N, K) - 1.0
+        return np.sum(np.logaddexp(0.0, -yt * f), axis=1)
     raise ValueError(loss)
 
 
@@ -132,9 +146,9 @@ def loss_grad_output(f, y, loss):
         g[np.arange(N), y] -= 1.0
         return g
     if loss == "bce":
-        yt = 2.0 * bce_labels01(y) - 1.0
-        # d/df log(1 + exp(-yt f)) = -yt sigma(-yt f)
-        return (-yt * sigmoid(-yt * f[:, 0]))[:, None]
+        yt = 2.0 * bce_targets(y, N, K) - 1.0
+        # d/df log(1 + exp(-yt f)) = -yt sigma(-yt f), per output
+        return -yt * sigmoid(-yt * f)
     raise ValueError(loss)
 
 
@@ -147,9 +161,9 @@ def loss_hessian_output(f, loss):
     if loss == "ce":
         p = softmax(f)
         return np.stack([np.diag(p[n]) - np.outer(p[n], p[n]) for n in range(N)])
-    if loss == "bce":
-        s = sigmoid(f[:, 0])
-        return (s * (1.0 - s))[:, None, None]
+    if loss == "bce":  # independent outputs: diagonal
+        s = sigmoid(f)
+        return np.stack([np.diag(s[n] * (1.0 - s[n])) for n in range(N)])
     raise ValueError(loss)
 
 
@@ -169,8 +183,8 @@ def loss_hessian_sqrt(f, loss):
                 S[n, :, v] = math.sqrt(p[n, v]) * (e - p[n])
         return S
     if loss == "bce":
-        s = sigmoid(f[:, 0])
-        return np.sqrt(s * (1.0 - s))[:, None, None]
+        s = sigmoid(f)
+        return np.stack([np.diag(np.sqrt(s[n] * (1.0 - s[n]))) for n in range(N)])
     raise ValueError(loss)
 
 
@@ -185,8 +199,11 @@ def output_grad_distribution(f_n, loss):
         p = softmax(f_n[None])[0]
         return p, p[None, :] - np.eye(K)  # row v: p - e_v
     if loss == "bce":
-        s = float(sigmoid(f_n[0]))
-        return np.array([s, 1.0 - s]), np.array([[s - 1.0], [s - 0.0]])  # y = 1, y = 0
+        # all 2^K label vectors t (independent Bernoulli(s_k)); K = 1: y = 1, y = 0
+        s = sigmoid(f_n)
+        ts = np.array(list(itertools.product([1.0, 0.0], repeat=K)))
+        probs = np.prod(np.where(ts == 1.0, s, 1.0 - s), axis=1)
+        return probs, s[None, :] - ts
     raise ValueError(loss)
 
 

@@ -725,7 +725,7 @@ def _bad_cases():
         ("binary y=0.5", ValueError, "y", lambda: L(netb, "binary", "diag").fit((Xb, 0.5 * yb))),
         ("regression y inf", ValueError, "y", lambda: L(netr, "regression", "full").fit((Xr, yrn))),
         ("regression y K", ValueError, "y", lambda: L(netr, "regression", "full").fit((Xr, yr[:, :2]))),
-        ("binary K", ValueError, "likelihood", lambda: L(net, "binary", "full")),
+        ("binary K", ValueError, "y", lambda: L(net, "binary", "full").fit((X, y))),  # (N,) labels, 3 outputs
         ("prior 0", ValueError, "prior_precision", lambda: L(net, "classification", "diag", prior_precision=0.0)),
         ("prior <0", ValueError, "prior_precision", lambda: L(net, "classification", "full", prior_precision=-1.0)),
         ("prior nan", ValueError, "prior_precision", lambda: L(net, "classification", "kron", prior_precision=np.nan)),

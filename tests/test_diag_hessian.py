@@ -280,7 +280,7 @@ BAD = [
     ("y_mse_nan", "mse", lambda n, X, y, l: (n, X, _nan(y), l), ValueError, r"^y\b.*NaN"),
     ("y_mse_wrong_K", "mse", lambda n, X, y, l: (n, X, y[:, :2], l), ValueError, r"^y\b"),
     ("loss_unknown", "ce", lambda n, X, y, l: (n, X, y, "nll"), ValueError, r"^loss\b"),
-    ("bce_with_3_outputs", "ce", lambda n, X, y, l: (n, X, y, "bce"), ValueError, r"^loss\b.*bce"),
+    ("bce_3_outputs_N_labels", "ce", lambda n, X, y, l: (n, X, y, "bce"), ValueError, r"^y\b.*bce.*\(5, 3\)"),
     ("net_not_mlp", "ce", lambda n, X, y, l: (object(), X, y, l), TypeError, r"^net\b"),
 ]
 

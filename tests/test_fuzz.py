@@ -291,10 +291,7 @@ def check_case(test, label, fn, args, canon, expect):
 def problems(draw, max_layers=3, max_width=4, max_n=5):
     loss = draw(st.sampled_from(LOSSES), label="loss")
     L = draw(st.integers(1, max_layers), label="layers")
-    if loss == "bce":
-        K = 1
-    else:
-        K = draw(st.integers(2 if loss == "ce" else 1, max_width), label="K")
+    K = draw(st.integers(2 if loss == "ce" else 1, max_width), label="K")
     sizes = [draw(st.integers(1, max_width)) for _ in range(L)] + [K]
     acts = [draw(st.sampled_from(pk.ACTIVATIONS)) for _ in range(L - 1)]
     dtype = draw(st.sampled_from([np.float64, np.float32]), label="dtype")
@@ -324,10 +321,11 @@ def draw_labels(draw, rng, loss, N, K, name="y"):
         canon = canonical_values(form, rng.integers(0, K, size=N).astype(np.int64), True)
         return canon, as_form(form, canon), form
     if loss == "bce":
-        form = draw(st.sampled_from(("f64", "f32", "f16", "int8", "uint8", "int64", "bool", "pm1",
-                                     "column", "strided", "reversed", "readonly", "unaligned", "list")),
+        # one 0/1 label per output: (N,) (or a column) for one output, (N, K) otherwise
+        form = draw(st.sampled_from(("f64", "f32", "f16", "int8", "uint8", "int64", "bool", "pm1", "strided",
+                                     "reversed", "readonly", "unaligned", "list") + (("column",) if K == 1 else ())),
                     label="y form")
-        base = rng.integers(0, 2, size=N).astype(np.float64)
+        base = rng.integers(0, 2, size=N if K == 1 else (N, K)).astype(np.float64)
         if form == "pm1":
             canon = 2 * base - 1
             return canon, canon.astype(np.int8), form
@@ -401,6 +399,7 @@ def bad_labels(draw, rng, loss, canon, K, allow_none=True):
     if loss == "mse":
         return bad_real(draw, rng, canon, "y", "y", "y", allow_none)
     common = ["len+", "len-", "ndim+", "dtype"] + (["none"] if allow_none else [])
+    common += ["one_per_row"] if loss == "bce" and K > 1 else []
     if loss == "ce":
         what = draw(st.sampled_from(common + ["negative", "too_big", "huge", "uint64_max", "float",
                                               "float_list"]), label="y corruption")
@@ -414,6 +413,8 @@ def bad_labels(draw, rng, loss, canon, K, allow_none=True):
         return canon[1:], val, what
     if what == "ndim+":
         return np.stack([canon, canon], axis=-1), val, what
+    if what == "one_per_row":  # single-output labels for a multi-label network
+        return np.ascontiguousarray(canon[:, 0]), val, what
     if what == "none":
         return None, typ, what
     if what == "dtype":
@@ -449,24 +450,10 @@ def bad_net(draw, net):
     return bad, (ValueError, r"^net\.theta\b.*(NaN|Inf)"), what
 
 
-def _bce_takes_many_outputs():
-    """True once "bce" accepts K > 1 outputs (independent sigmoids, as
-    kfac-jax's MultiBernoulliNegativeLogProbLoss); before that it needs K = 1."""
-    try:
-        pk.loss(pk.MLP([1, 2], seed=0), np.zeros((1, 1)), np.zeros((1, 2)), "bce")
-    except ValueError:
-        return False
-    return True
-
-
-BCE_MULTI = _bce_takes_many_outputs()
-
-
 def bad_loss(draw, net):
     K = net.n_outputs
     options = ["nll", "CE", "ce ", "", None, b"ce", 3]
     options += ["ce"] if K < 2 else []
-    options += ["bce"] if K != 1 and not BCE_MULTI else []
     return draw(st.sampled_from(options), label="loss corruption")
 
 
@@ -756,7 +743,7 @@ def test_fuzz_identities(data):
     if loss == "ce":
         y = rng.integers(0, K, size=N)
     elif loss == "bce":
-        y = rng.integers(0, 2, size=N).astype(float)
+        y = rng.integers(0, 2, size=N if K == 1 else (N, K)).astype(float)
     else:
         y = rng.normal(size=(N, K))
     V = rng.normal(size=(D, 2))

@@ -639,8 +639,8 @@ def test_errors():
         pk.Laplace(net, "poisson")
     with pytest.raises(ValueError, match="structure"):
         pk.Laplace(net, "classification", "block")
-    with pytest.raises(ValueError, match="binary"):
-        pk.Laplace(net, "binary")
+    with pytest.raises(ValueError, match=r"^y: expected shape \(\d+, 3\) \(one 0/1 label per output\)"):
+        pk.Laplace(net, "binary").fit((X, y))  # class indices for a 3-output multi-label posterior
     with pytest.raises(ValueError, match="temperature"):
         pk.Laplace(net, "classification", temperature=0)
     with pytest.raises(ValueError, match="val_data"):

@@ -802,8 +802,7 @@ def test_constructor_errors():
     K = pk.optim.KFAC
     with pytest.raises(ValueError, match="loss: expected one of"):
         K(net, "hinge")
-    with pytest.raises(ValueError, match="'bce' needs a network with 1 output"):
-        K(net, "bce")
+    assert K(net, "bce").loss == "bce"  # multi-label: one logistic loss per output (tests/test_bce_multi.py)
     with pytest.raises(ValueError, match="structure"):
         K(net, "ce", structure="full")
     with pytest.raises(ValueError, match="curvature"):

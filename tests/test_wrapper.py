@@ -27,7 +27,8 @@ import pykfac as pk
 from pykfac import _core
 
 N, D_IN, HIDDEN, K = 6, 4, 5, 3
-LOSSES = ("mse", "ce", "bce")
+# "bce3": loss "bce" on a network with K = 3 outputs (multi-label, (N, 3) 0/1 labels)
+LOSSES = ("mse", "ce", "bce", "bce3")
 
 
 # ---------------------------------------------------------------------------
@@ -36,6 +37,7 @@ LOSSES = ("mse", "ce", "bce")
 def make_args(loss, dtype=np.float64, seed=0):
     """Network and data for ``loss``; float values are exact in float32."""
     k = 1 if loss == "bce" else K
+    name, loss = loss, "bce" if loss == "bce3" else loss
     net = pk.MLP([D_IN, HIDDEN, k], activation="tanh", dtype=dtype, seed=seed)
     rng = np.random.default_rng(seed + 1)
 
@@ -47,6 +49,8 @@ def make_args(loss, dtype=np.float64, seed=0):
         y = f32(N, k)
     elif loss == "ce":
         y = np.array([0, 1, 2, 2, 1, 0], dtype=np.int64)
+    elif name == "bce3":
+        y = np.array([[0, 1, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1], [1, 0, 1], [0, 0, 0]], dtype=np.float64)
     else:
         y = np.array([0, 1, 1, 0, 1, 0], dtype=np.float64)
     D = net.num_params
@@ -234,7 +238,7 @@ BAD = [
     ("y_object", lambda f, l: FUNCS[f][1], _set("y", lambda a: a["y"].astype(object)), TypeError, r"^y\b"),
     ("y_str", lambda f, l: FUNCS[f][1], _set("y", lambda a: a["y"].astype(str)), TypeError, r"^y\b"),
     # booleans are valid binary labels (see test_bce_bool_labels), nothing else
-    ("y_bool", lambda f, l: FUNCS[f][1] and l != "bce", _set("y", lambda a: a["y"] > 0), TypeError, r"^y\b"),
+    ("y_bool", lambda f, l: FUNCS[f][1] and not l.startswith("bce"), _set("y", lambda a: a["y"] > 0), TypeError, r"^y\b"),
     ("y_none", lambda f, l: FUNCS[f][1] and f not in SLICING + ("output_curvature",), _set("y", lambda a: None), TypeError, r"^y\b"),
     ("y_nan", lambda f, l: FUNCS[f][1] and l != "ce", _set("y", lambda a: _with_nan(a["y"])), ValueError,
      r"^y\b.*NaN"),
@@ -253,15 +257,18 @@ BAD = [
     ("y_label_uint64_huge", lambda f, l: FUNCS[f][1] and l == "ce",
      _set("y", lambda a: np.where(np.arange(N) == 0, np.iinfo(np.uint64).max, a["y"]).astype(np.uint64)),
      ValueError, r"^y\b"),
-    ("y_bce_two", lambda f, l: FUNCS[f][1] and l == "bce", _set("y", lambda a: a["y"] * 2), ValueError, r"^y\b"),
-    ("y_bce_half", lambda f, l: FUNCS[f][1] and l == "bce", _set("y", lambda a: a["y"] * 0.5), ValueError, r"^y\b"),
+    ("y_bce_two", lambda f, l: FUNCS[f][1] and l.startswith("bce"), _set("y", lambda a: a["y"] * 2), ValueError,
+     r"^y\b"),
+    ("y_bce_half", lambda f, l: FUNCS[f][1] and l.startswith("bce"), _set("y", lambda a: a["y"] * 0.5), ValueError,
+     r"^y\b"),
     # names
     ("loss_unknown", lambda f, l: FUNCS[f][1], _set("loss", lambda a: "nll"), ValueError, r"^loss\b"),
     ("loss_uppercase", lambda f, l: FUNCS[f][1], _set("loss", lambda a: a["loss"].upper()), ValueError, r"^loss\b"),
     ("loss_none", lambda f, l: FUNCS[f][1], _set("loss", lambda a: None), ValueError, r"^loss\b"),
     ("loss_bytes", lambda f, l: FUNCS[f][1], _set("loss", lambda a: a["loss"].encode()), ValueError, r"^loss\b"),
-    ("bce_needs_one_output", lambda f, l: FUNCS[f][1] and l == "ce", _set("loss", lambda a: "bce"), ValueError,
-     r"^loss\b.*bce"),
+    # bce on the K = 3 net needs (N, 3) labels, not (N,) class indices
+    ("bce_needs_N_K_labels", lambda f, l: FUNCS[f][1] and l == "ce", _set("loss", lambda a: "bce"), ValueError,
+     r"^y: loss='bce' with 3 outputs expects labels of shape \([236], 3\)"),
     ("ce_needs_two_outputs", lambda f, l: FUNCS[f][1] and l == "bce", _set("loss", lambda a: "ce"), ValueError,
      r"^loss\b"),
 ]
@@ -500,16 +507,17 @@ VARIANTS = [
     ("int32", "y", lambda y: y.astype(np.int32), ("ce",)),
     ("uint8", "y", lambda y: y.astype(np.uint8), ("ce",)),
     ("int16_big_endian", "y", lambda y: y.astype(">i2"), ("ce",)),
-    ("list", "y", lambda y: y.tolist(), ("ce", "mse", "bce")),
+    ("list", "y", lambda y: y.tolist(), ("ce", "mse", "bce", "bce3")),
     ("strided", "y", _strided, None),
     ("reversed", "y", _reversed, None),
     ("unaligned", "y", _unaligned, None),
     ("readonly", "y", _readonly, None),
-    ("fortran", "y", np.asfortranarray, ("mse",)),
-    ("float32", "y", lambda y: y.astype(np.float32), ("mse", "bce")),
-    ("int", "y", lambda y: y.astype(np.int64), ("bce",)),
+    ("fortran", "y", np.asfortranarray, ("mse", "bce3")),
+    ("float32", "y", lambda y: y.astype(np.float32), ("mse", "bce", "bce3")),
+    ("int", "y", lambda y: y.astype(np.int64), ("bce", "bce3")),
     ("column", "y", lambda y: y[:, None], ("bce",)),
-    ("plus_minus_one", "y", lambda y: 2 * y - 1, ("bce",)),
+    ("plus_minus_one", "y", lambda y: 2 * y - 1, ("bce", "bce3")),
+    ("bool", "y", lambda y: y > 0, ("bce", "bce3")),
 ]
 VECTOR_VARIANTS = [
     ("fortran", np.asfortranarray),
@@ -531,6 +539,8 @@ def canonical(key, value, loss):
             return np.ascontiguousarray(arr, dtype=np.int64)
         if loss == "bce":
             return np.ascontiguousarray((arr.reshape(-1) > 0).astype(np.float64))
+        if loss == "bce3":
+            return np.ascontiguousarray((arr > 0).astype(np.float64))
     return np.ascontiguousarray(arr, dtype=np.float64)
 
 

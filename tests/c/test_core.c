@@ -732,8 +732,11 @@ static void test_bad_arguments(void)
     CHECK(pk_loss_grad(&net, (pk_loss_t)7, 2, X, labels, &loss, NULL) < 0);
     CHECK(pk_curvature_matvec(&net, (pk_curv_t)9, PK_LOSS_CE, 2, X, labels, 1, theta, out) < 0);
     CHECK(pk_diag_curvature(&net, (pk_fisher_t)9, PK_LOSS_CE, 2, X, labels, 1, &rng, out, NULL) < 0);
-    /* bce needs K = 1: PK_ERR_LOSS */
-    CHECK_INT_EQ(pk_loss_grad(&net, PK_LOSS_BCE, 2, X, Y, &loss, NULL), PK_ERR_LOSS);
+    /* bce with K = 3 outputs reads n x K labels in {0, 1, -1}: Y is all 0 (valid), then 0.5 is not */
+    CHECK_INT_EQ(pk_loss_grad(&net, PK_LOSS_BCE, 2, X, Y, &loss, NULL), PK_OK);
+    Y[4] = 0.5;
+    CHECK_INT_EQ(pk_loss_grad(&net, PK_LOSS_BCE, 2, X, Y, &loss, NULL), PK_ERR_LABEL);
+    Y[4] = 0.0;
     /* m < 0 columns */
     CHECK(pk_curvature_matvec(&net, PK_CURV_GGN, PK_LOSS_CE, 2, X, labels, -1, theta, out) < 0);
     CHECK(pk_jvp(&net, 2, X, -1, theta, out) < 0);

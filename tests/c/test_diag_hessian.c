@@ -519,10 +519,10 @@ static void test_errors(void)
     CHECK_ERROR(&net, PK_LOSS_MSE, INT64_MIN, X, Y, 1, PK_ERR_EMPTY);
 
     /* unknown loss codes (far from the defined ones, which may grow), and
-     * losses that do not fit K: PK_ERR_LOSS */
+     * a loss that does not fit K: PK_ERR_LOSS */
     const pk_loss_t bad_losses[3] = {(pk_loss_t)77, (pk_loss_t)-1, (pk_loss_t)1000};
     for (int i = 0; i < 3; i++) CHECK_ERROR(&net, bad_losses[i], 2, X, Y, 1, PK_ERR_LOSS);
-    CHECK_ERROR(&net, PK_LOSS_BCE, 2, X, Y, 1, PK_ERR_LOSS); /* K = 3 */
+    CHECK_ERROR(&net, PK_LOSS_BCE, 2, X, Y, 1, PK_ERR_LABEL); /* K = 3 bce labels: 0.5 and 2 are not 0/1 */
     static const int64_t s1[3] = {2, 3, 1};
     const pk_mlp_t net1 = {PK_FLOAT64, 2, s1, acts, theta};
     int64_t zeros[2] = {0, 0};
