@@ -17,23 +17,25 @@ def _lanczos(A, v, steps):
     (full reorthogonalisation, so the basis stays orthonormal in floating point;
     stops early on an invariant subspace, where the quadrature is exact)."""
     D = v.size
-    Vb = np.empty((D, steps))
-    Vb[:, 0] = v / np.linalg.norm(v)
+    # basis vectors as contiguous rows: the reorthogonalisation reads only the j
+    # vectors made so far, not whole (D, steps) rows
+    Vb = np.empty((steps, D))
+    Vb[0] = v / np.linalg.norm(v)
     alpha, beta = [], []
     scale = 0.0
     for j in range(steps):
-        w = _apply(A, Vb[:, j:j + 1])[:, 0]
-        a = float(Vb[:, j] @ w)
+        w = _apply(A, Vb[j][:, None])[:, 0]
+        a = float(Vb[j] @ w)
         alpha.append(a)
-        basis = Vb[:, :j + 1]
+        basis = Vb[:j + 1]
         for _ in range(2):  # twice is enough (Kahan-Parlett)
-            w -= basis @ (basis.T @ w)
+            w -= (basis @ w) @ basis
         b = float(np.linalg.norm(w))
         scale = max(scale, abs(a), b)
         if j == steps - 1 or b <= D * np.finfo(np.float64).eps * scale:
             break
         beta.append(b)
-        Vb[:, j + 1] = w / b
+        Vb[j + 1] = w / b
     T = np.diag(alpha) + np.diag(beta, 1) + np.diag(beta, -1)
     theta, U = np.linalg.eigh(T)
     return theta, U[0] ** 2

@@ -167,3 +167,17 @@ def test_log_spectrum_is_the_linear_one_of_the_transformed_nodes():
 def test_log_spectrum_bad_arguments(kw, err, msg):
     with pytest.raises(err, match=msg):
         pk.spectral_density(np.eye(4), num_points=10, **kw)
+
+
+def test_tall_qr_both_paths():
+    """The sketches' QR: CholeskyQR2 for well-conditioned Y, Householder otherwise;
+    Y = Q R with orthonormal Q to roundoff either way."""
+    from pykfac.curvature import _tall_qr
+    rng = np.random.default_rng(8)
+    for Y in (rng.normal(size=(5000, 12)),                                   # CholeskyQR2
+              rng.normal(size=(5000, 3)) @ rng.normal(size=(3, 12)),        # rank 3: Householder
+              rng.normal(size=(5000, 12)) * np.logspace(0, -9, 12)):        # cond 1e9: Householder
+        Q, R = _tall_qr(Y)
+        assert Q.shape == Y.shape and R.shape == (12, 12)
+        np.testing.assert_allclose(Q.T @ Q, np.eye(12), atol=1e-13)
+        np.testing.assert_allclose(Q @ R, Y, atol=1e-13 * np.abs(Y).max())
