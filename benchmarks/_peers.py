@@ -30,7 +30,15 @@ diag_ggn       ``(D,)``
 diag_mc        ``(D,)`` (one sampled target per datum)
 diag_hess      ``(D,)``
 ekfac          ``(D, 3)``: the operator times ``ekfac_probe`` vectors
+slq            ``(grid, density)``, each ``(num_points,)``
+xtrace         ``float``
+xdiag          ``(D,)``
 =============  ==========================================================
+
+The stochastic rows (slq, xtrace, xdiag) take ``make(problem, spec)``, with
+``spec`` the settings pykfac used (see ``bench_core.stoch_setup``), and draw
+their random vectors from torch's generator; ``fixed_vectors`` makes
+curvlinops draw pykfac's vectors instead, for the deterministic agreement check.
 
 A peer whose problem would not fit in memory raises ``PeerSkipped`` from
 ``make``: reported, not run, not a failure.
@@ -49,7 +57,9 @@ except ImportError as _exc:  # pragma: no cover - depends on the machine
 else:
     _IMPORT_ERROR = ""
 
-__all__ = ["available", "versions", "Problem", "PEERS", "PeerSkipped", "mc_agreement", "mse_ggn_matvec_check"]
+__all__ = ["available", "versions", "Problem", "PEERS", "PeerSkipped", "mc_agreement", "mse_ggn_matvec_check",
+           "fixed_vectors", "curvlinops_hessian", "curvlinops_product", "curvlinops_estimate", "peers_for",
+           "missing_peers"]
 
 
 class PeerSkipped(Exception):
@@ -449,6 +459,113 @@ def backpack_diag_hessian(P):
 
 
 # ---------------------------------------------------------------------------
+# matrix-free stochastic tools on the Hessian (spectral density, XTrace, XDiag)
+def curvlinops_hessian(P):
+    """curvlinops' HessianLinearOperator of the benchmark problem (sum-reduced CE)."""
+    from curvlinops import HessianLinearOperator
+
+    return HessianLinearOperator(P.model, P.loss_fn(), P.params, [(P.X, P.y)],
+                                 check_deterministic=False, num_data=P.N)
+
+
+def curvlinops_slq(P, spec):
+    """lanczos_approximate_spectrum with pykfac's grid: the same boundaries
+    (so no eigsh inside), margin 0, ncv = num_steps, num_repeats, num_points and
+    curvlinops' own kappa (bench_core converts it to pykfac's)."""
+    from curvlinops import lanczos_approximate_spectrum
+
+    H = curvlinops_hessian(P)
+
+    def run():
+        return lanczos_approximate_spectrum(H, spec["num_steps"], num_points=spec["num_points"],
+                                            num_repeats=spec["num_repeats"], kappa=spec["kappa"],
+                                            boundaries=spec["boundaries"], margin=0.0)
+
+    return run, lambda r: (r[0].numpy(), r[1].numpy())
+
+
+def curvlinops_xtrace(P, spec):
+    from curvlinops import xtrace
+
+    H = curvlinops_hessian(P)
+    return (lambda: xtrace(H, spec["num_matvecs"])), lambda r: float(r)
+
+
+def curvlinops_xdiag(P, spec):
+    from curvlinops import xdiag
+
+    H = curvlinops_hessian(P)
+    return (lambda: xdiag(H, spec["num_matvecs"])), lambda r: r.numpy()
+
+
+def curvlinops_estimate(kernel, A, num_matvecs, seed):
+    """curvlinops' xtrace (float) or xdiag ((D,) array) of A (a curvlinops
+    operator or a dense tensor) with torch's generator seeded by ``seed``."""
+    from curvlinops import xdiag, xtrace
+
+    torch.manual_seed(seed)
+    if kernel == "xtrace":
+        return float(xtrace(A, num_matvecs))
+    return xdiag(A, num_matvecs).numpy()
+
+
+def curvlinops_product(P, k):
+    """``run()`` = curvlinops' Hessian times k vectors ((D,) for k = 1, else (D, k)):
+    the product the stochastic tools are made of, for the per-product time."""
+    H = curvlinops_hessian(P)
+    V = torch.from_numpy(np.random.default_rng(7).standard_normal((P.D, k)).astype(P.X.numpy().dtype))
+    if k == 1:
+        V = V[:, 0].contiguous()
+    return lambda: H @ V
+
+
+_SAMPLERS = {  # kernel -> (module, name of the sampler it calls per random vector)
+    "slq": ("curvlinops.papyan2020traces.spectrum", "randn"),
+    "xtrace": ("curvlinops.trace.epperly2024xtrace", "random_vector"),
+    "xdiag": ("curvlinops.diagonal.epperly2024xtrace", "random_vector"),
+}
+
+
+class fixed_vectors:
+    """Context manager: curvlinops' ``kernel`` draws the given vectors, in order,
+    instead of sampling (its public API takes no start/test vectors, so the
+    module-level sampler its function calls is replaced and restored).
+    ``vectors``: a list of (D,) arrays (slq: one start vector per Lanczos run;
+    xtrace/xdiag: the sign vectors, i.e. the columns of pykfac's Omega)."""
+
+    def __init__(self, kernel, vectors):
+        import importlib
+
+        modname, self.attr = _SAMPLERS[kernel]
+        self.module = importlib.import_module(modname)
+        if not hasattr(self.module, self.attr):
+            raise AttributeError(f"{modname}.{self.attr} not found: this curvlinops version samples elsewhere")
+        self.vectors = list(vectors)
+        self.used = 0
+
+    def _draw(self, dim, *args, **kwargs):
+        if self.used >= len(self.vectors):
+            raise RuntimeError(f"curvlinops drew more than the {len(self.vectors)} vectors given")
+        dtype = kwargs.get("dtype", args[-1] if args else None)
+        v = torch.from_numpy(np.array(self.vectors[self.used], dtype=np.float64)).to(dtype)
+        if v.shape != (dim,):
+            raise RuntimeError(f"curvlinops asked for a vector of size {dim}, got {tuple(v.shape)}")
+        self.used += 1
+        return v
+
+    def __enter__(self):
+        self.saved = getattr(self.module, self.attr)
+        setattr(self.module, self.attr, self._draw)
+        return self
+
+    def __exit__(self, *exc):
+        setattr(self.module, self.attr, self.saved)
+        if exc[0] is None and self.used != len(self.vectors):
+            raise RuntimeError(f"curvlinops drew {self.used} of the {len(self.vectors)} vectors given")
+        return False
+
+
+# ---------------------------------------------------------------------------
 # registry: kernel -> [(peer name, required module, make)]
 PEERS = {
     "fwd_bwd": [("torch.autograd", "torch", torch_fwd_bwd)],
@@ -465,6 +582,9 @@ PEERS = {
     "diag_mc": [("backpack DiagGGNMC", "backpack", backpack_diag_ggn_mc)],
     "diag_hess": [("backpack DiagHessian", "backpack", backpack_diag_hessian)],
     "ekfac": [("curvlinops EKFAC type-2", "curvlinops", curvlinops_ekfac)],
+    "slq": [("curvlinops lanczos_spectrum", "curvlinops", curvlinops_slq)],
+    "xtrace": [("curvlinops xtrace", "curvlinops", curvlinops_xtrace)],
+    "xdiag": [("curvlinops xdiag", "curvlinops", curvlinops_xdiag)],
 }
 
 
@@ -473,6 +593,13 @@ def peers_for(kernel):
     if torch is None:
         return []
     return [(name, make) for name, mod, make in PEERS.get(kernel, []) if _has(mod)]
+
+
+def missing_peers(kernel):
+    """The peers of a kernel that cannot run here: [(name, reason)]."""
+    if torch is None:
+        return []  # reported once, by available()
+    return [(name, f"{mod} is not importable") for name, mod, _ in PEERS.get(kernel, []) if not _has(mod)]
 
 
 # ---------------------------------------------------------------------------

@@ -58,6 +58,32 @@ activations, softmax and other O(N * width) work are not counted.
               with curvlinops' EKFACLinearOperator through products with
               three fixed vectors)
 
+Matrix-free stochastic tools on the exact Hessian (pk.HessianOperator, the sum
+of the per-sample CE Hessians), against curvlinops on its HessianLinearOperator:
+
+  slq         pk.spectral_density (stochastic Lanczos quadrature) vs curvlinops'
+              lanczos_approximate_spectrum: --slq-repeats runs of --slq-steps
+              products (curvlinops' ncv), the same grid (both get the same
+              boundaries, so curvlinops runs no eigsh, and margin=0 on its side;
+              1024 points) and the same Gaussian width (curvlinops' kappa = 3,
+              sigma = width / ((ncv - 1) sqrt(8 ln kappa)), is pykfac's kappa =
+              (num_points - 1) / ((ncv - 1) sqrt(8 ln 3)) grid spacings)
+  xtrace      pk.trace_estimate(op, m, method="xtrace") vs curvlinops.xtrace(H, m)
+  xdiag       pk.diag_estimate(op, m, method="xdiag") vs curvlinops.xdiag(H, m)
+              (m = --matvecs products: m/2 sign vectors, then A Q)
+
+These rows do the same number of Hessian-vector products in both libraries and
+their time is mostly those products, so no FLOP count: the rows print the time
+of one product in each library (single vectors for slq, blocks of m/2 for
+xtrace/xdiag, as the tools use them) and the share of the call it explains.
+Agreement (see stoch_setup, check_stoch_peer, stoch_check): the randomness is
+made equal -- curvlinops draws pykfac's start or sign vectors (its module-level
+sampler is replaced during its warm-up call) -- and the results must agree to
+TOL; then statistically, with each library's own random vectors, against the
+exact trace and diagonal (pk.diag_hessian at the benchmark size; the dense
+Hessian of a small net fed to both as the same matrix), and for slq the first
+moment of each density against the mean Rayleigh quotient of its start vectors.
+
 For 784-512-512-10 (P = 668,672, P1 = 267,264, K = 10) that is per sample:
 fwd_bwd 3.21 MFLOP, ggn_mv 5.08 MFLOP, kfac_exact 13.08 MFLOP, kfac_mc 3.54 MFLOP,
 diag_ggn 8.02 MFLOP, diag_mc 3.21 MFLOP, diag_hess 9.08 MFLOP; the jacobian 13.37 MFLOP.
@@ -89,11 +115,13 @@ if __name__ == "__main__":
 import numpy as np  # noqa: E402
 
 KERNELS = ("fwd_bwd", "jacobian", "ggn_mv", "kfac_exact", "kfac_mc", "diag_ggn", "diag_mc", "diag_hess",
-           "ekfac")
+           "ekfac", "slq", "xtrace", "xdiag")
 MC_KERNELS = ("kfac_mc", "diag_mc")
+STOCH_KERNELS = ("slq", "xtrace", "xdiag")  # matrix-free, random: Hessian-vector products
 LABEL = {"fwd_bwd": "fwd+bwd", "jacobian": "jacobian", "ggn_mv": "GGN matvec",
          "kfac_exact": "K-FAC exact", "kfac_mc": "K-FAC MC", "diag_ggn": "diag GGN",
-         "diag_mc": "diag GGN MC", "diag_hess": "diag Hessian", "ekfac": "EKFAC"}
+         "diag_mc": "diag GGN MC", "diag_hess": "diag Hessian", "ekfac": "EKFAC",
+         "slq": "SLQ density", "xtrace": "XTrace", "xdiag": "XDiag"}
 # tolerance of max|a - b| / max|b| per dtype when checking peers
 TOL = {"float32": 2e-3, "float64": 1e-8}
 KFAC_GEMM_GOAL = 0.5   # K-FAC factor build at >= 50% of the GEMM rate
@@ -138,6 +166,8 @@ def flop_count(kernel, sizes, N, mc_samples=1):
         stack = sum(outs[m] * sum(ins[l] * outs[l] for l in range(1, m)) for m in hidden if m >= 2)
         return 4 * N * P + 2 * N * K * P1 + 2 * N * P1 + 2 * N * sum(ins[m] * outs[m] for m in hidden) \
             + 2 * N * stack
+    if kernel in STOCH_KERNELS:
+        return None  # counted in Hessian-vector products instead (see the docstring)
     raise ValueError(kernel)
 
 
@@ -235,6 +265,8 @@ def compare(kernel, peer, ref):
     if kernel == "diag_mc":
         agreement(peer, ref)  # shapes only: the statistical check did the rest
         return 0.0
+    if kernel == "slq":  # (grid, density)
+        return max(agreement(peer[0], ref[0]), agreement(peer[1], ref[1]))
     return agreement(peer, ref)
 
 
@@ -377,7 +409,9 @@ def main(argv=None):
     ap.add_argument("--sizes", default=None, help="comma-separated N (default 1024,8192)")
     ap.add_argument("--dtypes", default="float32,float64")
     ap.add_argument("--net", default=None, help="widths, default 784,512,512,10")
-    ap.add_argument("--kernels", default=",".join(KERNELS), help="subset of " + ",".join(KERNELS))
+    # the matrix-free rows cost seconds per product at N = 8192: opt-in
+    ap.add_argument("--kernels", default=",".join(k for k in KERNELS if k not in STOCH_KERNELS),
+                    help="subset of " + ",".join(KERNELS) + " (default: all but " + ",".join(STOCH_KERNELS) + ")")
     ap.add_argument("--jac-n", type=int, default=None, help="N for the Jacobian row (default 32)")
     ap.add_argument("--repeats", type=int, default=None, help="timed calls per fast row (default 7)")
     ap.add_argument("--slow", type=float, default=2.0, help="rows slower than this (s) get 3 repeats")
@@ -391,6 +425,13 @@ def main(argv=None):
                     help="wall: time.perf_counter (default); cpu: this process's CPU time "
                          "(time.process_time), which other processes on a busy machine do not "
                          "inflate; meaningful only with --threads 1 (idle BLAS threads spin)")
+    ap.add_argument("--slq-steps", type=int, default=None,
+                    help="Lanczos steps per run of the slq row (curvlinops' ncv; default 32)")
+    ap.add_argument("--slq-repeats", type=int, default=None, help="Lanczos runs of the slq row (default 2)")
+    ap.add_argument("--matvecs", type=int, default=None,
+                    help="products of the xtrace and xdiag rows (even, >= 4; default 32)")
+    ap.add_argument("--stoch-seeds", type=int, default=None,
+                    help="seeds per library of the statistical xtrace/xdiag check (default 3; 8 on the small net)")
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--json", default=None, help="write all numbers to this file")
     args = ap.parse_args(argv)
@@ -410,6 +451,15 @@ def main(argv=None):
     repeats = args.repeats or (3 if quick else 7)
     gemm_n = args.gemm_n or (512 if quick else 4096)
     mc_check_samples = args.mc_check_samples or (16 if quick else 64)
+    stoch_cfg = {"num_steps": args.slq_steps or (8 if quick else 32),
+                 "num_repeats": args.slq_repeats or (1 if quick else 2),
+                 "num_points": 1024, "kappa": 3.0,
+                 "num_matvecs": args.matvecs or (8 if quick else 32),
+                 "seeds": args.stoch_seeds or (2 if quick else 3)}
+    if stoch_cfg["num_matvecs"] < 4 or stoch_cfg["num_matvecs"] % 2:
+        ap.error(f"--matvecs: expected an even number >= 4, got {stoch_cfg['num_matvecs']}")
+    if stoch_cfg["num_steps"] < 2 or stoch_cfg["num_repeats"] < 1 or stoch_cfg["seeds"] < 2:
+        ap.error("--slq-steps >= 2, --slq-repeats >= 1 and --stoch-seeds >= 2 expected")
     if quick:
         SETTLE[0] = 0.02
     if args.clock == "cpu":
@@ -533,9 +583,11 @@ def main(argv=None):
             plan += [(k, N) for k in kernels if k != "jacobian"]
         problems = {}
         mc_results = {}
+        stoch_results = {}
         for kernel, N in plan:
             X = np.ascontiguousarray(X64[:N].astype(npdt))
             y = y_all[:N]
+            spec = None
             calls = {
                 "fwd_bwd": lambda: pk.loss_and_grad(net, X, y, "ce"),
                 "jacobian": lambda: pk.jacobian(net, X),
@@ -546,8 +598,13 @@ def main(argv=None):
                 "diag_mc": lambda: pk.diag_ggn(net, X, y, "ce", mc_samples=1, seed=0),
                 "diag_hess": lambda: pk.diag_hessian(net, X, y, "ce"),
                 "ekfac": lambda: pk.ekfac(net, (X, y), "ce"),
+                "slq": lambda: stoch_call(pk, spec),
+                "xtrace": lambda: stoch_call(pk, spec),
+                "xdiag": lambda: stoch_call(pk, spec),
             }
             try:
+                if kernel in STOCH_KERNELS:
+                    spec = stoch_setup(kernel, pk, net, X, y, stoch_cfg)
                 t_warm, res_pk = warm_up(calls[kernel])
             except Exception as exc:  # report and go on with the other rows
                 print(f"{LABEL[kernel]:12s} {N:>5d} {dt:7s} pykfac FAILED: {type(exc).__name__}: {exc}")
@@ -557,6 +614,10 @@ def main(argv=None):
             del res_pk
             fl = flop_count(kernel, sizes_net, N)
             row = {"kernel": kernel, "N": N, "dtype": dt, "flops": fl, "peers": []}
+            if spec is not None:
+                row["settings"] = {k: spec[k] for k in ("num_steps", "num_repeats", "num_points", "kappa",
+                                                         "kappa_pykfac", "boundaries", "num_matvecs")
+                                   if k in spec}
             cands = [{"fn": calls[kernel], "warm": t_warm, "entry": row}]
             if peers_on:
                 if N not in problems:
@@ -567,12 +628,26 @@ def main(argv=None):
                         mc_results[kernel] = mc_check(kernel, pk, pp, net, Ws, bs, X64, y_all, npdt,
                                                       mc_check_samples, failures)
                     row["mc_check"] = mc_result = mc_results[kernel]
+                if kernel in STOCH_KERNELS and pp.peers_for(kernel):
+                    if kernel not in stoch_results or kernel == "slq":  # xtrace/xdiag: once per dtype
+                        stoch_results[kernel] = stoch_check(kernel, pk, pp, net, P, spec, ref, npdt, stoch_cfg,
+                                                            failures)
+                    row["stoch_check"] = stoch_results[kernel]
+                for name, why in pp.missing_peers(kernel):
+                    row["peers"].append({"name": name, "seconds": None, "agrees": None, "skipped": why})
                 for name, make in pp.peers_for(kernel):
                     if kernel in MC_KERNELS and not mc_result["peers"].get(name, {}).get("ok", False):
                         row["peers"].append({"name": name, "seconds": None, "agrees": False,
                                              "error": "failed the statistical MC check (not timed)"})
                         continue
-                    entry, run, t_peer = check_peer(kernel, name, make, P, v, ref, dt)
+                    if kernel in STOCH_KERNELS and not row["stoch_check"].get("ok", False):
+                        row["peers"].append({"name": name, "seconds": None, "agrees": False,
+                                             "error": "failed the statistical check (not timed)"})
+                        continue
+                    if kernel in STOCH_KERNELS:
+                        entry, run, t_peer = check_stoch_peer(kernel, name, make, P, spec, ref, dt, pp)
+                    else:
+                        entry, run, t_peer = check_peer(kernel, name, make, P, v, ref, dt)
                     row["peers"].append(entry)
                     if entry.get("skipped"):
                         continue
@@ -589,7 +664,10 @@ def main(argv=None):
             interleaved(cands, repeats, args.slow)
             del cands
             t_pk = row["seconds"]
-            row.update(gflops=fl / t_pk / 1e9, frac_gemm=fl / t_pk / 1e9 / gemm_ref[dt])
+            if fl is not None:
+                row.update(gflops=fl / t_pk / 1e9, frac_gemm=fl / t_pk / 1e9 / gemm_ref[dt])
+            if spec is not None:
+                row["products"] = product_times(kernel, spec, row, P if peers_on else None, pp, repeats)
             if kernel == "jacobian":
                 row["out_gbytes_per_s"] = N * K * D * npdt.itemsize / t_pk / 1e9
             timed_peers = [p for p in row["peers"] if p.get("seconds") is not None]
@@ -619,6 +697,8 @@ def main(argv=None):
 
 def to_reference(kernel, res):
     """pykfac's result in the comparison format of _peers."""
+    if kernel == "slq":
+        return np.asarray(res[0]), np.asarray(res[1])
     if kernel == "fwd_bwd":
         return float(res[0]), np.asarray(res[1])
     if kernel in ("kfac_exact", "kfac_mc"):
@@ -655,6 +735,243 @@ def check_peer(kernel, name, make, P, v, ref, dt):
     except Exception as exc:  # a peer that cannot run this problem
         entry.update(error=f"{type(exc).__name__}: {exc}", agrees=False)
         return entry, None, None
+
+
+# ---------------------------------------------------------------------------
+# the matrix-free stochastic rows (slq, xtrace, xdiag)
+class _Recorder:
+    """A square operator that forwards products to ``A`` and keeps a copy of
+    the input of every ``every``-th call (the first of a Lanczos run, or the
+    sign vectors of XTrace/XDiag); ``stop_after`` calls then raise _Recorded."""
+
+    def __init__(self, A, every=1, stop_after=None):
+        from scipy.sparse.linalg import LinearOperator
+
+        rec = self
+
+        class Op(LinearOperator):
+            def _matmat(self, V):
+                if rec.calls % every == 0:
+                    rec.inputs.append(np.array(V, dtype=np.float64, copy=True))
+                rec.calls += 1
+                if stop_after is not None and rec.calls >= stop_after:
+                    raise _Recorded()
+                return A @ V
+
+            def _matvec(self, v):
+                return self._matmat(np.asarray(v).reshape(-1, 1))[:, 0]
+
+            def _adjoint(self):
+                return self
+
+        self.calls = 0
+        self.inputs = []
+        self.op = Op(dtype=A.dtype, shape=A.shape)
+
+
+class _Recorded(Exception):
+    pass
+
+
+def stoch_setup(kernel, pk, net, X, y, cfg):
+    """pykfac's Hessian operator and the settings of a stochastic row, plus the
+    random vectors of pykfac's call (seed 0), recorded through a wrapper
+    operator so curvlinops can be given the same ones:
+    slq: one pykfac run with boundaries=None (its grid ends, the extreme Ritz
+    values widened by 5%, become both libraries' boundaries) recording the
+    start vectors; xtrace/xdiag: the first block of products (Omega), then stop."""
+    op = pk.HessianOperator(net, X, y, "ce")
+    D = op.shape[0]
+    spec = {"kernel": kernel, "op": op, "D": D, "seed": 0}
+    if kernel == "slq":
+        S, R, npts = min(cfg["num_steps"], D), cfg["num_repeats"], cfg["num_points"]
+        # curvlinops: sigma = (2 / (ncv - 1) / sqrt(8 ln kappa)) on [-1, 1], i.e. that times
+        # (right - left) / 2 in lambda units; pykfac: kappa_pk * (right - left) / (npts - 1)
+        kappa_pk = (npts - 1) / ((S - 1) * np.sqrt(8 * np.log(cfg["kappa"])))
+        rec = _Recorder(op, every=S)
+        grid, _ = pk.spectral_density(rec.op, num_points=npts, num_repeats=R, num_steps=S, kappa=kappa_pk,
+                                      seed=spec["seed"])
+        if rec.calls != R * S or len(rec.inputs) != R:
+            raise RuntimeError(f"expected {R} Lanczos runs of {S} products, saw {rec.calls} products")
+        spec.update(num_steps=S, num_repeats=R, num_points=npts, kappa=cfg["kappa"], kappa_pykfac=kappa_pk,
+                    boundaries=(float(grid[0]), float(grid[-1])),
+                    vectors=[v[:, 0] for v in rec.inputs], num_products=R * S, block=1)
+    else:
+        m = cfg["num_matvecs"]
+        rec = _Recorder(op, stop_after=1)
+        try:
+            if kernel == "xtrace":
+                pk.trace_estimate(rec.op, m, method="xtrace", seed=spec["seed"])
+            else:
+                pk.diag_estimate(rec.op, m, method="xdiag", seed=spec["seed"])
+            raise RuntimeError("the recorder saw no product")
+        except _Recorded:
+            pass
+        Om = rec.inputs[0]
+        if Om.shape != (D, m // 2):
+            raise RuntimeError(f"expected a first block of {m // 2} sign vectors, got shape {Om.shape}")
+        spec.update(num_matvecs=m, vectors=list(Om.T), num_products=m, block=m // 2)
+    return spec
+
+
+def stoch_call(pk, spec):
+    """pykfac's timed call of a stochastic row (fixed seed, so the same vectors)."""
+    k, op = spec["kernel"], spec["op"]
+    if k == "slq":
+        return pk.spectral_density(op, num_points=spec["num_points"], num_repeats=spec["num_repeats"],
+                                   num_steps=spec["num_steps"], kappa=spec["kappa_pykfac"],
+                                   boundaries=spec["boundaries"], seed=spec["seed"])
+    if k == "xtrace":
+        return pk.trace_estimate(op, spec["num_matvecs"], method="xtrace", seed=spec["seed"])
+    return pk.diag_estimate(op, spec["num_matvecs"], method="xdiag", seed=spec["seed"])
+
+
+def check_stoch_peer(kernel, name, make, P, spec, ref, dt, pp):
+    """Like check_peer, but the peer's warm-up call draws pykfac's random
+    vectors (pp.fixed_vectors), so the results must agree to TOL; the timed
+    calls afterwards draw their own."""
+    entry = {"name": name, "seconds": None}
+    try:
+        run, convert = make(P, spec)
+        with pp.fixed_vectors(kernel, spec["vectors"]):
+            t_warm, raw = warm_up(run)
+        res = convert(raw)
+        d = compare(kernel, res, ref)
+        del raw
+        entry["max_rel_diff"] = d
+        entry["agrees"] = bool(d <= TOL[dt])
+        entry["same_vectors"] = True
+        if kernel == "slq" and "mean_rayleigh" in spec:  # see stoch_check
+            m1 = _first_moment(*res)
+            entry["first_moment"] = m1
+            entry["first_moment_diff"] = abs(m1 - spec["mean_rayleigh"]) / spec["width"]
+            entry["agrees"] = entry["agrees"] and entry["first_moment_diff"] <= 1e-3
+        return entry, run, t_warm
+    except Exception as exc:
+        entry.update(error=f"{type(exc).__name__}: {exc}", agrees=False)
+        return entry, None, None
+
+
+def _mean_sd(x):
+    x = np.asarray(x, dtype=np.float64)
+    return float(x.mean()), float(x.std(ddof=1))
+
+
+def _same_mean(a, b, z=3.0):
+    """The means of samples a and b agree within z standard errors of their difference."""
+    (ma, sa), (mb, sb) = _mean_sd(a), _mean_sd(b)
+    se = np.sqrt(sa ** 2 / len(a) + sb ** 2 / len(b))
+    return bool(abs(ma - mb) <= z * se + 1e-12 * max(abs(ma), abs(mb), 1.0)), float(se)
+
+
+def _estimate_errors(kernel, estimates, exact):
+    """xtrace: signed relative error (est - tr) / |tr|; xdiag: ||est - d|| / ||d||."""
+    if kernel == "xtrace":
+        tr = float(np.sum(exact))
+        return [(e - tr) / abs(tr) for e in estimates]
+    return [float(np.linalg.norm(e - exact) / np.linalg.norm(exact)) for e in estimates]
+
+
+def _first_moment(grid, density):
+    return float(np.sum(grid * density) / np.sum(density))
+
+
+def stoch_check(kernel, pk, pp, net, P, spec, ref, npdt, cfg, failures):
+    """Statistical check of a stochastic row's peer, each library with its OWN
+    random vectors (the deterministic same-vector check is check_stoch_peer's).
+
+    xtrace/xdiag: (a) on a small net (30-20-20-5, N = 64) the dense Hessian
+    (pk.hessian) is given to both as the same matrix (array / tensor): errors
+    against its exact trace or diagonal over 8 seeds each; (b) on the benchmark
+    problem (pykfac's and curvlinops' Hessian operators) over cfg["seeds"]
+    seeds each, against the exact diagonal pk.diag_hessian (and its sum). The
+    two libraries' mean errors must agree within 3 standard errors.
+    slq: the first moment of pykfac's density ``ref`` equals the mean Rayleigh
+    quotient v'Hv / v'v of its start vectors (Gauss quadrature is exact for
+    degree 1; the Gaussian smoothing keeps the mean), to 1e-3 of the grid's
+    width (curvlinops' density, from the same start vectors, is checked the
+    same way in check_stoch_peer); that mean estimates tr(H)/D (tr from
+    pk.diag_hessian), reported with its sampling error (sd / sqrt(runs))."""
+    dt = npdt.name
+    out = {"kind": kernel}
+    try:
+        exact_diag = np.asarray(pk.diag_hessian(net, np.asarray(P.X.numpy()), P.y.numpy(), "ce"),
+                                dtype=np.float64)
+        if kernel == "slq":
+            op, vecs = spec["op"], spec["vectors"]
+            q = [float(v @ np.asarray(op @ v.reshape(-1, 1), dtype=np.float64)[:, 0] / (v @ v)) for v in vecs]
+            grid, dens = ref
+            width = float(grid[-1] - grid[0])
+            m1_pk = _first_moment(grid, dens)
+            mq = float(np.mean(q))
+            d_pk = abs(m1_pk - mq) / width
+            spec.update(mean_rayleigh=mq, width=width)  # for curvlinops' density (check_stoch_peer)
+            trD = float(exact_diag.sum() / exact_diag.size)
+            se = float(np.std(q, ddof=1) / np.sqrt(len(q))) if len(q) > 1 else float("nan")
+            out.update(first_moment_pykfac=m1_pk, mean_rayleigh=mq, diff_pykfac=d_pk, trace_over_D=trD,
+                       rayleigh_se=se, ok=d_pk <= 1e-3)
+            if not out["ok"]:
+                failures.append(f"{LABEL[kernel]} {dt}: first moment of pykfac's density {m1_pk:.4e} vs "
+                                f"mean v'Hv/v'v {mq:.4e}")
+            return out
+        m = cfg["num_matvecs"]
+        # (a) the same dense matrix, small net
+        small = pk.MLP([30, 20, 20, 5], activation="tanh", dtype=npdt.type, seed=1)
+        rs = np.random.default_rng(5)
+        Xs = rs.standard_normal((64, 30)).astype(npdt)
+        ys = rs.integers(0, 5, 64)
+        Hs = np.asarray(pk.hessian(small, Xs, ys, "ce"))
+        Hs = (Hs + Hs.T) / 2
+        Ht = pp.torch.from_numpy(Hs)
+        ms = min(m, Hs.shape[0] - 2)
+        ms -= ms % 2
+        seeds = range(8)
+        pk_fn = (lambda A, mm, sd: pk.trace_estimate(A, mm, method="xtrace", seed=sd)) if kernel == "xtrace"             else (lambda A, mm, sd: pk.diag_estimate(A, mm, method="xdiag", seed=sd))
+        exact_s = np.diag(Hs).astype(np.float64)
+        e_pk = _estimate_errors(kernel, [pk_fn(Hs, ms, 100 + s) for s in seeds], exact_s)
+        e_cl = _estimate_errors(kernel, [pp.curvlinops_estimate(kernel, Ht, ms, 100 + s) for s in seeds], exact_s)
+        ok_a, se_a = _same_mean(e_pk, e_cl)
+        out["small"] = {"net": "30-20-20-5", "N": 64, "D": int(Hs.shape[0]), "num_matvecs": ms,
+                        "seeds": len(seeds), "pykfac": _mean_sd(e_pk), "curvlinops": _mean_sd(e_cl),
+                        "se_diff": se_a, "ok": ok_a}
+        # (b) the benchmark problem, each library's own Hessian operator
+        H = pp.curvlinops_hessian(P)
+        seeds = range(cfg["seeds"])
+        e_pk = _estimate_errors(kernel, [pk_fn(spec["op"], m, 1000 + s) for s in seeds], exact_diag)
+        e_cl = _estimate_errors(kernel, [pp.curvlinops_estimate(kernel, H, m, 1000 + s) for s in seeds],
+                                exact_diag)
+        ok_b, se_b = _same_mean(e_pk, e_cl)
+        out["bench"] = {"num_matvecs": m, "seeds": len(seeds), "pykfac": _mean_sd(e_pk),
+                        "curvlinops": _mean_sd(e_cl), "se_diff": se_b, "ok": ok_b,
+                        "exact_trace": float(exact_diag.sum())}
+        out["ok"] = ok_a and ok_b
+        if not out["ok"]:
+            failures.append(f"{LABEL[kernel]} {dt} statistical check: small {out['small']}, bench {out['bench']}")
+    except Exception as exc:
+        out.update(ok=False, error=f"{type(exc).__name__}: {exc}")
+        failures.append(f"{LABEL[kernel]} {dt} statistical check could not run: {out['error']}")
+    return out
+
+
+def product_times(kernel, spec, row, P, pp, repeats):
+    """Seconds per Hessian-vector product of each library, timed as the tool
+    applies them (slq: single vectors; xtrace/xdiag: blocks of m/2), and the
+    share of each library's call they explain (products per call x time)."""
+    k, n = spec["block"], spec["num_products"]
+    W = np.random.default_rng(7).standard_normal((spec["D"], k))  # pykfac's tools pass float64 blocks
+    op = spec["op"]
+    t_pk, _, _ = timed(lambda: op @ W, min(repeats, 3), 1e9)
+    out = {"per_call": n, "block": k, "pykfac": t_pk / k}
+    out["pykfac_share"] = n * out["pykfac"] / row["seconds"]
+    for p in row["peers"]:
+        if p.get("seconds") is None or P is None:
+            continue
+        fn = pp.curvlinops_product(P, k)
+        t, _, _ = timed(fn, min(repeats, 3), 1e9)
+        out["peer"] = p["name"]
+        out["peer_per_product"] = t / k
+        out["peer_share"] = n * (t / k) / p["seconds"]
+    return out
 
 
 def mc_check(kernel, pk, pp, net, Ws, bs, X, y, npdt, S, failures):
@@ -725,8 +1042,10 @@ def row_goal(row):
 def format_row(row):
     N = f"{row['N']}" + ("*" if row["kernel"] == "jacobian" else "")
     peer = row.get("fastest_peer", "-")
+    rate = (f"{row['gflops']:8.1f} {100 * row['frac_gemm']:5.0f}%" if row.get("gflops") is not None
+            else f"{'-':>8s} {'-':>6s}")
     return (f"{LABEL[row['kernel']]:12s} {N:>5s} {row['dtype']:7s} {fmt_s(row['seconds']):>9s} "
-            f"{row['gflops']:8.1f} {100 * row['frac_gemm']:5.0f}%  {peer:28s} "
+            f"{rate}  {peer:28s} "
             f"{fmt_s(row.get('fastest_peer_seconds')):>9s} "
             f"{(format(row['ratio'], '.2f') + 'x') if 'ratio' in row else '-':>8s}  {row_goal(row)}")
 
@@ -742,6 +1061,16 @@ def print_row(row, header):
             print(f"   MC check ({m['n']} samples x {m['mc_samples']} draws) {name}: {part} "
                   f"{r['sampled']:.3f} <= {m['tol_G']:.3f} (pykfac MC vs exact: "
                   f"{m['pykfac_mc_vs_exact']:.3f}) {'ok' if r['ok'] else 'FAILED'}")
+    if "settings" in row:
+        st = row["settings"]
+        if row["kernel"] == "slq":
+            print(f"   settings: {st['num_repeats']} runs x {st['num_steps']} steps, {st['num_points']} points, "
+                  f"boundaries ({st['boundaries'][0]:.4g}, {st['boundaries'][1]:.4g}) for both, curvlinops "
+                  f"kappa {st['kappa']:g} = pykfac kappa {st['kappa_pykfac']:.4f}")
+        else:
+            print(f"   settings: {st['num_matvecs']} products ({st['num_matvecs'] // 2} sign vectors)")
+    if "stoch_check" in row:
+        print_stoch_check(row["stoch_check"])
     for p in row["peers"]:
         if p.get("skipped"):
             print(f"   peer {p['name']}: skipped ({p['skipped']})")
@@ -751,12 +1080,46 @@ def print_row(row, header):
             flag = "agrees" if p["agrees"] else "DISAGREES (not timed)"
             if row["kernel"] == "diag_mc":
                 diff = "sampled: see the MC check"
+            elif p.get("same_vectors"):
+                diff = f"max rel diff {p['max_rel_diff']:.1e} (pykfac's random vectors)"
+                if "first_moment" in p:
+                    diff += f", first moment {p['first_moment']:.6g} ({p['first_moment_diff']:.1e})"
             else:
                 diff = f"max rel diff {p['max_rel_diff']:.1e}"
                 diff += " (A; G: see the MC check)" if row["kernel"] == "kfac_mc" else ""
             print(f"   peer {p['name']:28s} {fmt_s(p['seconds']):>9s} s   {diff} {flag}")
     if "out_gbytes_per_s" in row:
         print(f"   jacobian output written at {row['out_gbytes_per_s']:.2f} GB/s")
+    if "products" in row:
+        pr = row["products"]
+        what = "single vectors" if pr["block"] == 1 else f"blocks of {pr['block']}"
+        line = (f"   Hessian-vector products: {pr['per_call']} per call ({what}); per product pykfac "
+                f"{1e3 * pr['pykfac']:.2f} ms ({100 * pr['pykfac_share']:.0f}% of its call)")
+        if "peer_per_product" in pr:
+            line += (f", curvlinops {1e3 * pr['peer_per_product']:.2f} ms ({100 * pr['peer_share']:.0f}% of its "
+                     f"call); product ratio {pr['peer_per_product'] / pr['pykfac']:.2f}x")
+        print(line)
+
+
+def print_stoch_check(c):
+    if c.get("error"):
+        print(f"   statistical check: ERROR {c['error']}")
+        return
+    flag = "ok" if c["ok"] else "FAILED"
+    if c["kind"] == "slq":
+        print(f"   first moment of pykfac's density {c['first_moment_pykfac']:.6g} vs the mean v'Hv/v'v of its "
+              f"start vectors {c['mean_rayleigh']:.6g}: {c['diff_pykfac']:.1e} of the width {flag}; "
+              f"exact tr(H)/D {c['trace_over_D']:.5g} (sampling se of the mean "
+              + (f"{c['rayleigh_se']:.2g})" if np.isfinite(c["rayleigh_se"]) else "n/a: one run)"))
+        return
+    what = "(est - tr)/|tr|" if c["kind"] == "xtrace" else "||est - diag||/||diag||"
+    for key, label in (("small", "dense H, small net"), ("bench", "benchmark problem")):
+        r = c[key]
+        extra = f"{r['net']} D={r['D']}, " if key == "small" else ""
+        print(f"   vs exact, {label} ({extra}m={r['num_matvecs']}, {r['seeds']} seeds each): {what} "
+              f"pykfac {r['pykfac'][0]:+.3f} +- {r['pykfac'][1]:.3f}, curvlinops {r['curvlinops'][0]:+.3f} "
+              f"+- {r['curvlinops'][1]:.3f} (se of the difference {r['se_diff']:.3f}) "
+              f"{'ok' if r['ok'] else 'FAILED'}")
 
 
 def print_summary(rows, peers_on, jac_n, failures):

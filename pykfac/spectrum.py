@@ -27,9 +27,13 @@ def _lanczos(A, v, steps):
         w = _apply(A, Vb[j][:, None])[:, 0]
         a = float(Vb[j] @ w)
         alpha.append(a)
+        # the three-term recurrence, then one Gram-Schmidt pass against the whole
+        # basis: "twice is enough" (Kahan-Parlett) with the recurrence as the first
+        w -= a * Vb[j]
+        if j:
+            w -= beta[-1] * Vb[j - 1]
         basis = Vb[:j + 1]
-        for _ in range(2):  # twice is enough (Kahan-Parlett)
-            w -= (basis @ w) @ basis
+        w -= (basis @ w) @ basis
         b = float(np.linalg.norm(w))
         scale = max(scale, abs(a), b)
         if j == steps - 1 or b <= D * np.finfo(np.float64).eps * scale:
