@@ -1074,6 +1074,47 @@ def bad_factors(draw, rng, A, G, sizes, num_data):
     assert isinstance(exc, expect[0]) and re.match(expect[1], str(exc)), (what, type(exc), str(exc))
 
 
+def draw_kron_call(draw, rng, methods, D, L, tag, factored):
+    """A KronCurvature / EKFACCurvature method and its arguments, at most one of them
+    corrupted: (method, args, canonical args, expected error or None, label,
+    whether the method takes damping). `factored`: the strategy of apply_power's flag."""
+    method = draw(st.sampled_from(methods), label="method")
+    one_col = draw(st.booleans(), label="1-D V")
+    V_c, V, _ = draw_real(draw, rng, (D,) if one_col else (D, draw(st.integers(1, 3))), "V")
+    args, canon = {"V": V}, {"V": V_c}
+    damping = draw(st.sampled_from([0.0, 0.25, 1, np.float32(0.5), "per-layer", "array"]), label="damping")
+    if damping == "per-layer":
+        damping = [float(draw(st.sampled_from([0.0, 0.25, 2.0]))) for _ in range(L)]
+    elif isinstance(damping, str):
+        damping = np.full(L, 0.5)
+    args["damping"] = canon["damping"] = damping
+    if method == "apply_power":
+        args["power"] = canon["power"] = draw(st.sampled_from([1, -1, 0.5, -0.5, 1.0, np.float64(-0.5)]))
+        args["factored"] = canon["factored"] = draw(factored, label="factored")
+    if method == "scaled_solve":
+        args["c"] = canon["c"] = draw(st.sampled_from([0.5, 2.0, 3]))
+    uses_v = method not in ("logdet", "logdet_factored", "to_dense", "eigvals", "trace", "frobenius_norm",
+                            "factored_pi", "eigh")
+    uses_damping = method in ("solve", "solve_factored", "apply_power", "logdet", "logdet_factored",
+                              "scaled_solve", "operator", "operator_inverse")
+    targets = [None, None] + (["V"] if uses_v and not method.startswith("operator") else []) + \
+        (["damping"] if uses_damping else []) + (["power"] if method == "apply_power" else [])
+    target = draw(st.sampled_from(targets), label="corrupted argument")
+    expect, label = None, f"{tag}.{method}:valid"
+    if target == "V":
+        # (D, 0) is accepted (an empty result), so no zero_cols here
+        args["V"], expect, what = bad_real(draw, rng, V_c, "V", "V", "kron")
+        label = f"{tag}|V:{what}"
+    elif target == "damping":
+        args["damping"], expect = bad_damping(draw, L)
+        label = f"{tag}|damping:{args['damping']!r}"
+    elif target == "power":
+        args["power"] = draw(st.sampled_from([2, 0, -2, "x", None]), label="bad power")
+        expect = ((ValueError if isinstance(args["power"], int) else TypeError), r"^power\b")
+        label = f"{tag}|power:{args['power']!r}"
+    return method, args, canon, expect, label, uses_damping
+
+
 @fuzz_settings(900)
 @given(data=st.data())
 def test_fuzz_kron(data):
@@ -1100,41 +1141,8 @@ def test_fuzz_kron(data):
     G32 = [np.asarray(g, dtype=dtype) for g in G]
     D = kc.num_params
 
-    method = draw(st.sampled_from(KRON_METHODS), label="method")
-    one_col = draw(st.booleans(), label="1-D V")
-    V_c, V, _ = draw_real(draw, rng, (D,) if one_col else (D, draw(st.integers(1, 3))), "V")
-    args = {"V": V}
-    canon = {"V": V_c}
-    damping = draw(st.sampled_from([0.0, 0.25, 1, np.float32(0.5), "per-layer", "array"]), label="damping")
-    if damping == "per-layer":
-        damping = [float(draw(st.sampled_from([0.0, 0.25, 2.0]))) for _ in range(L)]
-    elif isinstance(damping, str):
-        damping = np.full(L, 0.5)
-    args["damping"] = canon["damping"] = damping
-    if method in ("apply_power",):
-        args["power"] = canon["power"] = draw(st.sampled_from([1, -1, 0.5, -0.5, 1.0, np.float64(-0.5)]))
-        args["factored"] = canon["factored"] = draw(st.booleans())
-    if method == "scaled_solve":
-        args["c"] = canon["c"] = draw(st.sampled_from([0.5, 2.0, 3]))
-    uses_v = method not in ("logdet", "logdet_factored", "to_dense", "eigvals", "trace", "frobenius_norm",
-                            "factored_pi", "eigh")
-    uses_damping = method in ("solve", "solve_factored", "apply_power", "logdet", "logdet_factored",
-                              "scaled_solve", "operator", "operator_inverse")
-    targets = [None, None] + (["V"] if uses_v and not method.startswith("operator") else []) + \
-        (["damping"] if uses_damping else []) + (["power"] if method == "apply_power" else [])
-    target = draw(st.sampled_from(targets), label="corrupted argument")
-    expect, label = None, f"kron.{method}:valid"
-    if target == "V":
-        # (D, 0) is accepted by KronCurvature (an empty result), so no zero_cols here
-        args["V"], expect, what = bad_real(draw, rng, V_c, "V", "V", "kron")
-        label = f"kron|V:{what}"
-    elif target == "damping":
-        args["damping"], expect = bad_damping(draw, L)
-        label = f"kron|damping:{args['damping']!r}"
-    elif target == "power":
-        args["power"] = draw(st.sampled_from([2, 0, -2, "x", None]), label="bad power")
-        expect = ((ValueError if isinstance(args["power"], int) else TypeError), r"^power\b")
-        label = f"kron|power:{args['power']!r}"
+    method, args, canon, expect, label, uses_damping = draw_kron_call(draw, rng, KRON_METHODS, D, L, "kron",
+                                                                        st.booleans())
 
     # a singular factor and zero damping make negative powers and log-dets fail
     def zero_damped():
@@ -1317,39 +1325,9 @@ def test_fuzz_ekfac_methods(data):
     kc_c = pk.EKFACCurvature(A_c, G_c, sizes, [x.astype(dtype) for x in S])
     D = kc.num_params
 
-    method = draw(st.sampled_from(EKFAC_METHODS), label="method")
-    one_col = draw(st.booleans(), label="1-D V")
-    V_c, V, _ = draw_real(draw, rng, (D,) if one_col else (D, draw(st.integers(1, 3))), "V")
-    args, canon = {"V": V}, {"V": V_c}
-    damping = draw(st.sampled_from([0.0, 0.25, 1, np.float32(0.5), "per-layer", "array"]), label="damping")
-    if damping == "per-layer":
-        damping = [float(draw(st.sampled_from([0.0, 0.25, 2.0]))) for _ in range(L)]
-    elif isinstance(damping, str):
-        damping = np.full(L, 0.5)
-    args["damping"] = canon["damping"] = damping
-    if method == "apply_power":
-        args["power"] = canon["power"] = draw(st.sampled_from([1, -1, 0.5, -0.5, 1.0, np.float64(-0.5)]))
-        args["factored"] = canon["factored"] = draw(st.integers(0, 3), label="factored") == 0
-    if method == "scaled_solve":
-        args["c"] = canon["c"] = draw(st.sampled_from([0.5, 2.0, 3]))
-    uses_v = method not in ("logdet", "logdet_factored", "to_dense", "eigvals", "trace", "frobenius_norm",
-                            "factored_pi", "eigh")
-    uses_damping = method in ("solve", "solve_factored", "apply_power", "logdet", "logdet_factored",
-                              "scaled_solve", "operator", "operator_inverse")
-    targets = [None, None] + (["V"] if uses_v and not method.startswith("operator") else []) + \
-        (["damping"] if uses_damping else []) + (["power"] if method == "apply_power" else [])
-    target = draw(st.sampled_from(targets), label="corrupted argument")
-    expect, label = None, f"ekfac.{method}:valid"
-    if target == "V":
-        args["V"], expect, what = bad_real(draw, rng, V_c, "V", "V", "kron")
-        label = f"ekfac|V:{what}"
-    elif target == "damping":
-        args["damping"], expect = bad_damping(draw, L)
-        label = f"ekfac|damping:{args['damping']!r}"
-    elif target == "power":
-        args["power"] = draw(st.sampled_from([2, 0, -2, "x", None]), label="bad power")
-        expect = ((ValueError if isinstance(args["power"], int) else TypeError), r"^power\b")
-        label = f"ekfac|power:{args['power']!r}"
+    # factored=True (refused) in a quarter of the apply_power calls
+    method, args, canon, expect, label, uses_damping = draw_kron_call(
+        draw, rng, EKFAC_METHODS, D, L, "ekfac", st.integers(0, 3).map(lambda i: i == 0))
     if method in ("solve_factored", "logdet_factored") or (method == "apply_power" and args["factored"]):
         # refused before any other argument is looked at
         expect, label = (ValueError, r"^factored\b"), f"ekfac|{method}:factored"

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "pk_test.h"
+#include "pk_test_data.h"
 #include "pykfac.h"
 
 /* ======================================================================
@@ -323,23 +324,6 @@ static pk_mlp_t mknet(int L, const int64_t *sizes, const pk_act_t *acts, const d
 {
     pk_mlp_t net = {PK_FLOAT64, L, sizes, acts, theta};
     return net;
-}
-
-static void fill_normal(double *x, long n, uint64_t seed, double scale)
-{
-    pk_rng_t r;
-    pk_rng_seed(&r, seed);
-    for (long i = 0; i < n; i++) x[i] = scale * pk_rng_normal(&r);
-}
-
-static double *dalloc(long n)
-{
-    double *p = calloc((size_t)(n > 0 ? n : 1), sizeof(double));
-    if (!p) {
-        fprintf(stderr, "out of memory in test\n");
-        exit(2);
-    }
-    return p;
 }
 
 /* Index in theta-order of entry (r, c) of layer's augmented Wbar = [W b]. */

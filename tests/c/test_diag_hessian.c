@@ -19,38 +19,12 @@
 #include <string.h>
 
 #include "pk_test.h"
+#include "pk_test_data.h"
 #include "pykfac.h"
 
 #ifdef PK_TEST_HAVE_MLP
 
 /* ---- helpers ------------------------------------------------------------ */
-
-static void fill_normal(double *x, long n, uint64_t seed, double scale)
-{
-    pk_rng_t r;
-    pk_rng_seed(&r, seed);
-    for (long i = 0; i < n; i++) x[i] = scale * pk_rng_normal(&r);
-}
-
-static double *dalloc(long n)
-{
-    double *p = calloc((size_t)(n > 0 ? n : 1), sizeof(double));
-    if (!p) {
-        fprintf(stderr, "out of memory in test\n");
-        exit(2);
-    }
-    return p;
-}
-
-static float *falloc(long n)
-{
-    float *p = calloc((size_t)(n > 0 ? n : 1), sizeof(float));
-    if (!p) {
-        fprintf(stderr, "out of memory in test\n");
-        exit(2);
-    }
-    return p;
-}
 
 static double max_abs(const double *x, long n)
 {
