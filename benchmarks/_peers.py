@@ -378,42 +378,36 @@ def backpack_kfac_mc(P, mc_samples=1):
 
 # ---------------------------------------------------------------------------
 # diagonal of the GGN
-def backpack_diag_ggn(P):
+def _backpack_diag(P, extension, attr):
+    """A BackPACK diagonal extension's run: the loss, one backward pass with the
+    extension, its per-parameter result `attr`, flattened in theta order."""
     from backpack import backpack
-    from backpack.extensions import DiagGGNExact
 
     model, lossf = P.backpack_model()
     X, y = P.X, P.y
 
     def run():
         loss = lossf(model(X), y)
-        with backpack(DiagGGNExact()):
+        with backpack(extension):
             loss.backward()
-        out = [p.diag_ggn_exact for p in model.parameters()]
+        out = [getattr(p, attr) for p in model.parameters()]
         for p in model.parameters():
             p.grad = None
         return out
 
     return run, lambda r: P.flat_np(r)
+
+
+def backpack_diag_ggn(P):
+    from backpack.extensions import DiagGGNExact
+
+    return _backpack_diag(P, DiagGGNExact(), "diag_ggn_exact")
 
 
 def backpack_diag_ggn_mc(P, mc_samples=1):
-    from backpack import backpack
     from backpack.extensions import DiagGGNMC
 
-    model, lossf = P.backpack_model()
-    X, y = P.X, P.y
-
-    def run():
-        loss = lossf(model(X), y)
-        with backpack(DiagGGNMC(mc_samples=mc_samples)):
-            loss.backward()
-        out = [p.diag_ggn_mc for p in model.parameters()]
-        for p in model.parameters():
-            p.grad = None
-        return out
-
-    return run, lambda r: P.flat_np(r)
+    return _backpack_diag(P, DiagGGNMC(mc_samples=mc_samples), "diag_ggn_mc")
 
 
 # ---------------------------------------------------------------------------
@@ -430,7 +424,6 @@ def _mem_available():
 
 
 def backpack_diag_hessian(P):
-    from backpack import backpack
     from backpack.extensions import DiagHessian
 
     # BackPACK keeps per sample a (width x width) residual factor per hidden
@@ -443,19 +436,7 @@ def backpack_diag_hessian(P):
     if avail is not None and need > avail / 2:
         raise PeerSkipped(f"BackPACK's residual factors need ~{need / 2**30:.1f} GiB, "
                           f"{avail / 2**30:.1f} GiB available")
-    model, lossf = P.backpack_model()
-    X, y = P.X, P.y
-
-    def run():
-        loss = lossf(model(X), y)
-        with backpack(DiagHessian()):
-            loss.backward()
-        out = [p.diag_h for p in model.parameters()]
-        for p in model.parameters():
-            p.grad = None
-        return out
-
-    return run, lambda r: P.flat_np(r)
+    return _backpack_diag(P, DiagHessian(), "diag_h")
 
 
 # ---------------------------------------------------------------------------
