@@ -70,6 +70,9 @@ elif [ "${VALGRIND:-0}" = 1 ]; then
     command -v valgrind >/dev/null || { echo "run.sh: valgrind not found" >&2; exit 2; }
     cflags+=(-O1)
     runner=(valgrind -q --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite,indirect)
+    # valgrind runs one thread at a time, and OpenBLAS's idle workers spin-wait:
+    # a threaded GEMM then crawls (test_diag_hessian: over 15 min, 35 s with one thread)
+    export OPENBLAS_NUM_THREADS=1
 else
     cflags+=(-O2)
 fi
